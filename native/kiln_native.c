@@ -1,0 +1,433 @@
+/*
+ * kiln_native: the few Linux system calls Node does not expose, as a small
+ * N-API addon (ABI-stable, so one build works on any Node >= 18).
+ *
+ *   mount(source, target, fstype, flags, data)       mount(2)
+ *   umount2(target, flags)                            umount2(2)
+ *   mountOverlay(target, lowers[], upper, work, opts[], readonly)
+ *       overlay through the new mount API (fsopen/fsconfig/fsmount/move_mount)
+ *       passing each lower layer with "lowerdir+" so that deep chains are not
+ *       bound by the one-page limit of mount(2)'s option string (kernel >= 6.8).
+ *       Throws with code ENOSYS/EINVAL when the kernel lacks it; callers fall
+ *       back to mount(2).
+ *   mknod(path, mode, major, minor)                   mknod(2)
+ *   lgetxattr(path, name) -> Buffer | null            null when the attribute is absent
+ *   lsetxattr(path, name, value, flags)
+ *   llistxattr(path) -> string[]
+ *   lremovexattr(path, name)
+ *
+ * All calls are synchronous: each is a single short system call. Errors are
+ * thrown as Error objects with `code` (e.g. "ENOENT"), `errno` and `syscall`.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <node_api.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#ifndef SYS_fsopen
+#define SYS_open_tree 428
+#define SYS_move_mount 429
+#define SYS_fsopen 430
+#define SYS_fsconfig 431
+#define SYS_fsmount 432
+#endif
+#define K_FSOPEN_CLOEXEC 0x1
+#define K_FSCONFIG_SET_FLAG 0
+#define K_FSCONFIG_SET_STRING 1
+#define K_FSCONFIG_CMD_CREATE 6
+#define K_FSMOUNT_CLOEXEC 0x1
+#define K_MOUNT_ATTR_RDONLY 0x1
+#define K_MOVE_MOUNT_F_EMPTY_PATH 0x4
+
+static const char *errno_name(int e) {
+  switch (e) {
+  case EPERM: return "EPERM";
+  case ENOENT: return "ENOENT";
+  case EIO: return "EIO";
+  case EBADF: return "EBADF";
+  case EACCES: return "EACCES";
+  case EBUSY: return "EBUSY";
+  case EEXIST: return "EEXIST";
+  case ENOTDIR: return "ENOTDIR";
+  case EISDIR: return "EISDIR";
+  case EINVAL: return "EINVAL";
+  case ENOSPC: return "ENOSPC";
+  case EROFS: return "EROFS";
+  case ENAMETOOLONG: return "ENAMETOOLONG";
+  case ENOSYS: return "ENOSYS";
+  case ENOTSUP: return "ENOTSUP";
+  case ENODATA: return "ENODATA";
+  case E2BIG: return "E2BIG";
+  case ERANGE: return "ERANGE";
+  case ENODEV: return "ENODEV";
+  case ELOOP: return "ELOOP";
+  case ENOTBLK: return "ENOTBLK";
+  case ENOMEM: return "ENOMEM";
+  case EFAULT: return "EFAULT";
+  default: return "EUNKNOWN";
+  }
+}
+
+static napi_value throw_errno(napi_env env, int e, const char *syscall_name, const char *path) {
+  char msg[4352];
+  if (path)
+    snprintf(msg, sizeof msg, "%s: %s, %s '%s'", errno_name(e), strerror(e), syscall_name, path);
+  else
+    snprintf(msg, sizeof msg, "%s: %s, %s", errno_name(e), strerror(e), syscall_name);
+  napi_value message, code, err, errnum, sc;
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &message);
+  napi_create_string_utf8(env, errno_name(e), NAPI_AUTO_LENGTH, &code);
+  napi_create_error(env, NULL, message, &err);
+  napi_set_named_property(env, err, "code", code);
+  napi_create_int32(env, -e, &errnum);
+  napi_set_named_property(env, err, "errno", errnum);
+  napi_create_string_utf8(env, syscall_name, NAPI_AUTO_LENGTH, &sc);
+  napi_set_named_property(env, err, "syscall", sc);
+  if (path) {
+    napi_value p;
+    napi_create_string_utf8(env, path, NAPI_AUTO_LENGTH, &p);
+    napi_set_named_property(env, err, "path", p);
+  }
+  napi_throw(env, err);
+  return NULL;
+}
+
+static napi_value throw_type(napi_env env, const char *msg) {
+  napi_throw_type_error(env, NULL, msg);
+  return NULL;
+}
+
+/* Copies a JS string argument into a new heap buffer; NULL for null/undefined when allowed. */
+static int get_str(napi_env env, napi_value v, char **out, int nullable) {
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (nullable && (t == napi_null || t == napi_undefined)) {
+    *out = NULL;
+    return 1;
+  }
+  if (t != napi_string) return 0;
+  size_t len;
+  napi_get_value_string_utf8(env, v, NULL, 0, &len);
+  char *buf = malloc(len + 1);
+  if (!buf) return 0;
+  napi_get_value_string_utf8(env, v, buf, len + 1, &len);
+  *out = buf;
+  return 1;
+}
+
+static napi_value js_mount(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 5) return throw_type(env, "mount(source, target, fstype, flags, data) takes 5 arguments");
+  char *source = NULL, *target = NULL, *fstype = NULL, *data = NULL;
+  double flags = 0;
+  napi_value ret = NULL;
+  if (!get_str(env, argv[0], &source, 1) || !get_str(env, argv[1], &target, 0) ||
+      !get_str(env, argv[2], &fstype, 1) || napi_get_value_double(env, argv[3], &flags) != napi_ok ||
+      !get_str(env, argv[4], &data, 1)) {
+    throw_type(env, "mount: bad argument types");
+    goto out;
+  }
+  if (mount(source, target, fstype, (unsigned long)flags, data) != 0) {
+    throw_errno(env, errno, "mount", target);
+    goto out;
+  }
+  napi_get_undefined(env, &ret);
+out:
+  free(source);
+  free(target);
+  free(fstype);
+  free(data);
+  return ret;
+}
+
+static napi_value js_umount2(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char *target = NULL;
+  int32_t flags = 0;
+  if (argc < 1 || !get_str(env, argv[0], &target, 0)) return throw_type(env, "umount2(target, flags)");
+  if (argc > 1) napi_get_value_int32(env, argv[1], &flags);
+  napi_value ret = NULL;
+  if (umount2(target, flags) != 0)
+    throw_errno(env, errno, "umount2", target);
+  else
+    napi_get_undefined(env, &ret);
+  free(target);
+  return ret;
+}
+
+static int fsconfig_str(int fd, const char *key, const char *value) {
+  return (int)syscall(SYS_fsconfig, fd, value ? K_FSCONFIG_SET_STRING : K_FSCONFIG_SET_FLAG, key, value, 0);
+}
+
+/* mountOverlay(target, lowers: string[], upper: string|null, work: string|null, options: string[], readonly: boolean) */
+static napi_value js_mount_overlay(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 6) return throw_type(env, "mountOverlay(target, lowers, upper, work, options, readonly)");
+  char *target = NULL, *upper = NULL, *work = NULL, *s = NULL;
+  bool ro = false;
+  napi_value ret = NULL;
+  int fd = -1, mfd = -1;
+  uint32_t nlower = 0, nopt = 0;
+  if (!get_str(env, argv[0], &target, 0) || !get_str(env, argv[2], &upper, 1) || !get_str(env, argv[3], &work, 1) ||
+      napi_get_array_length(env, argv[1], &nlower) != napi_ok ||
+      napi_get_array_length(env, argv[4], &nopt) != napi_ok || napi_get_value_bool(env, argv[5], &ro) != napi_ok) {
+    throw_type(env, "mountOverlay: bad argument types");
+    goto out;
+  }
+  fd = (int)syscall(SYS_fsopen, "overlay", K_FSOPEN_CLOEXEC);
+  if (fd < 0) {
+    throw_errno(env, errno, "fsopen", target);
+    goto out;
+  }
+  for (uint32_t i = 0; i < nopt; i++) {
+    napi_value el;
+    napi_get_element(env, argv[4], i, &el);
+    if (!get_str(env, el, &s, 0)) {
+      throw_type(env, "mountOverlay: options must be strings");
+      goto out;
+    }
+    char *eq = strchr(s, '=');
+    int rc;
+    if (eq) {
+      *eq = 0;
+      rc = fsconfig_str(fd, s, eq + 1);
+    } else {
+      rc = fsconfig_str(fd, s, NULL);
+    }
+    if (rc != 0) {
+      throw_errno(env, errno, "fsconfig", s);
+      goto out;
+    }
+    free(s);
+    s = NULL;
+  }
+  for (uint32_t i = 0; i < nlower; i++) {
+    napi_value el;
+    napi_get_element(env, argv[1], i, &el);
+    if (!get_str(env, el, &s, 0)) {
+      throw_type(env, "mountOverlay: lowers must be strings");
+      goto out;
+    }
+    if (fsconfig_str(fd, "lowerdir+", s) != 0) {
+      throw_errno(env, errno, "fsconfig lowerdir+", s);
+      goto out;
+    }
+    free(s);
+    s = NULL;
+  }
+  if (upper && fsconfig_str(fd, "upperdir", upper) != 0) {
+    throw_errno(env, errno, "fsconfig upperdir", upper);
+    goto out;
+  }
+  if (work && fsconfig_str(fd, "workdir", work) != 0) {
+    throw_errno(env, errno, "fsconfig workdir", work);
+    goto out;
+  }
+  if (syscall(SYS_fsconfig, fd, K_FSCONFIG_CMD_CREATE, NULL, NULL, 0) != 0) {
+    throw_errno(env, errno, "fsconfig create", target);
+    goto out;
+  }
+  mfd = (int)syscall(SYS_fsmount, fd, K_FSMOUNT_CLOEXEC, ro ? K_MOUNT_ATTR_RDONLY : 0);
+  if (mfd < 0) {
+    throw_errno(env, errno, "fsmount", target);
+    goto out;
+  }
+  if (syscall(SYS_move_mount, mfd, "", AT_FDCWD, target, K_MOVE_MOUNT_F_EMPTY_PATH) != 0) {
+    throw_errno(env, errno, "move_mount", target);
+    goto out;
+  }
+  napi_get_undefined(env, &ret);
+out:
+  if (mfd >= 0) close(mfd);
+  if (fd >= 0) close(fd);
+  free(s);
+  free(target);
+  free(upper);
+  free(work);
+  return ret;
+}
+
+static napi_value js_mknod(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char *path = NULL;
+  uint32_t mode = 0, major = 0, minor = 0;
+  if (argc < 4 || !get_str(env, argv[0], &path, 0) || napi_get_value_uint32(env, argv[1], &mode) != napi_ok ||
+      napi_get_value_uint32(env, argv[2], &major) != napi_ok || napi_get_value_uint32(env, argv[3], &minor) != napi_ok) {
+    free(path);
+    return throw_type(env, "mknod(path, mode, major, minor)");
+  }
+  napi_value ret = NULL;
+  if (mknod(path, (mode_t)mode, makedev(major, minor)) != 0)
+    throw_errno(env, errno, "mknod", path);
+  else
+    napi_get_undefined(env, &ret);
+  free(path);
+  return ret;
+}
+
+static napi_value js_lgetxattr(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char *path = NULL, *name = NULL;
+  napi_value ret = NULL;
+  if (argc < 2 || !get_str(env, argv[0], &path, 0) || !get_str(env, argv[1], &name, 0)) {
+    throw_type(env, "lgetxattr(path, name)");
+    goto out;
+  }
+  for (;;) {
+    ssize_t n = lgetxattr(path, name, NULL, 0);
+    if (n < 0) {
+      if (errno == ENODATA) napi_get_null(env, &ret);
+      else throw_errno(env, errno, "lgetxattr", path);
+      goto out;
+    }
+    void *data;
+    napi_value buf;
+    napi_create_buffer(env, (size_t)n, &data, &buf);
+    ssize_t m = n == 0 ? 0 : lgetxattr(path, name, data, (size_t)n);
+    if (m < 0) {
+      if (errno == ERANGE) continue; /* grew between the two calls */
+      if (errno == ENODATA) napi_get_null(env, &ret);
+      else throw_errno(env, errno, "lgetxattr", path);
+      goto out;
+    }
+    if (m < n) napi_create_buffer_copy(env, (size_t)m, data, NULL, &buf);
+    ret = buf;
+    goto out;
+  }
+out:
+  free(path);
+  free(name);
+  return ret;
+}
+
+static napi_value js_lsetxattr(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char *path = NULL, *name = NULL;
+  void *data = NULL;
+  size_t len = 0;
+  int32_t flags = 0;
+  napi_value ret = NULL;
+  bool isbuf = false;
+  if (argc >= 3) napi_is_buffer(env, argv[2], &isbuf);
+  if (argc < 3 || !get_str(env, argv[0], &path, 0) || !get_str(env, argv[1], &name, 0) || !isbuf) {
+    throw_type(env, "lsetxattr(path, name, value: Buffer, flags)");
+    goto out;
+  }
+  napi_get_buffer_info(env, argv[2], &data, &len);
+  if (argc > 3) napi_get_value_int32(env, argv[3], &flags);
+  if (lsetxattr(path, name, data, len, flags) != 0)
+    throw_errno(env, errno, "lsetxattr", path);
+  else
+    napi_get_undefined(env, &ret);
+out:
+  free(path);
+  free(name);
+  return ret;
+}
+
+static napi_value js_llistxattr(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char *path = NULL;
+  napi_value ret = NULL;
+  char *list = NULL;
+  if (argc < 1 || !get_str(env, argv[0], &path, 0)) {
+    throw_type(env, "llistxattr(path)");
+    goto out;
+  }
+  for (;;) {
+    ssize_t n = llistxattr(path, NULL, 0);
+    if (n < 0) {
+      if (errno == ENOTSUP) {
+        napi_create_array(env, &ret);
+      } else {
+        throw_errno(env, errno, "llistxattr", path);
+      }
+      goto out;
+    }
+    napi_create_array(env, &ret);
+    if (n == 0) goto out;
+    list = malloc((size_t)n);
+    ssize_t m = llistxattr(path, list, (size_t)n);
+    if (m < 0) {
+      free(list);
+      list = NULL;
+      if (errno == ERANGE) continue;
+      ret = NULL;
+      throw_errno(env, errno, "llistxattr", path);
+      goto out;
+    }
+    uint32_t idx = 0;
+    for (ssize_t off = 0; off < m;) {
+      size_t l = strlen(list + off);
+      napi_value str;
+      napi_create_string_utf8(env, list + off, l, &str);
+      napi_set_element(env, ret, idx++, str);
+      off += (ssize_t)l + 1;
+    }
+    goto out;
+  }
+out:
+  free(list);
+  free(path);
+  return ret;
+}
+
+static napi_value js_lremovexattr(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char *path = NULL, *name = NULL;
+  napi_value ret = NULL;
+  if (argc < 2 || !get_str(env, argv[0], &path, 0) || !get_str(env, argv[1], &name, 0)) {
+    throw_type(env, "lremovexattr(path, name)");
+    goto out;
+  }
+  if (lremovexattr(path, name) != 0)
+    throw_errno(env, errno, "lremovexattr", path);
+  else
+    napi_get_undefined(env, &ret);
+out:
+  free(path);
+  free(name);
+  return ret;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"mount", NULL, js_mount, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"umount2", NULL, js_umount2, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"mountOverlay", NULL, js_mount_overlay, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"mknod", NULL, js_mknod, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lgetxattr", NULL, js_lgetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lsetxattr", NULL, js_lsetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"llistxattr", NULL, js_llistxattr, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lremovexattr", NULL, js_lremovexattr, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

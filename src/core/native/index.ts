@@ -1,0 +1,75 @@
+/**
+ * Typed entry to the in-repo N-API addon (native/kiln_native.c), built into
+ * build/kiln_native.node by `npm install` (scripts/build-native.mjs).
+ * Every function is synchronous and throws a Node-style system error
+ * (`code` such as 'ENOENT', `errno`, `syscall`, `path`).
+ */
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+export interface NativeAddon {
+  /** mount(2). Pass null for unused string arguments. */
+  mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): void;
+  /** umount2(2); flags such as MNT_DETACH. */
+  umount2(target: string, flags: number): void;
+  /**
+   * Overlay through the new mount API, one `lowerdir+` per layer (topmost
+   * first), so chains are not bound by mount(2)'s one-page option limit.
+   * `options` are `key=value` or bare flags (e.g. 'index=off'). Needs Linux >= 6.8.
+   */
+  mountOverlay(
+    target: string,
+    lowers: string[],
+    upper: string | null,
+    work: string | null,
+    options: string[],
+    readonly: boolean,
+  ): void;
+  /** mknod(2) with the device number built from major and minor. */
+  mknod(path: string, mode: number, major: number, minor: number): void;
+  /** lgetxattr(2); null when the attribute does not exist. */
+  lgetxattr(path: string, name: string): Buffer | null;
+  /** lsetxattr(2); flags 0, XATTR_CREATE (1) or XATTR_REPLACE (2). */
+  lsetxattr(path: string, name: string, value: Buffer, flags: number): void;
+  /** llistxattr(2); empty when the filesystem does not support xattrs. */
+  llistxattr(path: string): string[];
+  lremovexattr(path: string, name: string): void;
+}
+
+/** mount(2) flags. */
+export const MS = {
+  RDONLY: 0x1,
+  NOSUID: 0x2,
+  NODEV: 0x4,
+  NOEXEC: 0x8,
+  REMOUNT: 0x20,
+  NOATIME: 0x400,
+  BIND: 0x1000,
+  MOVE: 0x2000,
+  REC: 0x4000,
+  PRIVATE: 1 << 18,
+  SLAVE: 1 << 19,
+  SHARED: 1 << 20,
+} as const;
+
+/** umount2(2) flags. */
+export const MNT = { FORCE: 1, DETACH: 2, EXPIRE: 4 } as const;
+
+const require = createRequire(import.meta.url);
+const addonPath = fileURLToPath(new URL('../../../build/kiln_native.node', import.meta.url));
+
+let loaded: NativeAddon | undefined;
+
+/** The addon, loaded on first use so that pure-TS modules never need it. */
+export function native(): NativeAddon {
+  if (!loaded) {
+    try {
+      loaded = require(addonPath) as NativeAddon;
+    } catch (err) {
+      throw new Error(`cannot load the native addon at ${addonPath}; run "npm run build:native"`, {
+        cause: err,
+      });
+    }
+  }
+  return loaded;
+}
