@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs everything Kiln needs on a fresh Debian 12 machine (run as root):
+# the Debian packages used by Kiln and its tests, then the npm dependencies
+# (which bring Node 26 and build the native addon).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  ca-certificates gcc libc6-dev make python3 git
+  attr zstd jq
+  crun runc
+  busybox-static
+  umoci skopeo oci-image-tool docker-registry
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [[ ! -x node_modules/.bin/node ]] || [[ package-lock.json -nt node_modules/.package-lock.json ]]; then
+  echo "setup: installing npm dependencies"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+npm run --silent build:native >/dev/null
+echo "setup: done ($(npx --no-install node --version))"

@@ -1,0 +1,68 @@
+/**
+ * What every CLI command gets: the global options (state root, namespace,
+ * snapshotter, output format), a structured logger, and the engine core,
+ * opened lazily so that commands which need no state (e.g. `kiln debug`)
+ * never touch the state directory.
+ */
+import type { Command } from 'commander';
+import { pino, type Logger } from 'pino';
+import { openCore, type Core } from '../core/metadata/index.ts';
+import { setTempMountRoot } from '../core/mount/mount.ts';
+import { recoverMounts } from '../core/mount/recovery.ts';
+
+export interface Globals {
+  root: string;
+  namespace: string;
+  snapshotter: 'overlayfs' | 'native';
+  logLevel: string;
+}
+
+export interface CliContext {
+  globals(): Globals;
+  log(): Logger;
+  /** Opens the core for the global root and namespace; closed when the command ends. */
+  core(): Promise<Core>;
+  close(): Promise<void>;
+}
+
+export function defaultRoot(): string {
+  if (process.getuid?.() === 0) return '/var/lib/kiln';
+  const xdg = process.env.XDG_DATA_HOME ?? `${process.env.HOME ?? '/tmp'}/.local/share`;
+  return `${xdg}/kiln`;
+}
+
+export function createContext(program: Command): CliContext {
+  let core: Promise<Core> | undefined;
+  let logger: Logger | undefined;
+  const globals = (): Globals => {
+    const o = program.opts<{ root: string; namespace: string; snapshotter: string; logLevel: string }>();
+    if (o.snapshotter !== 'overlayfs' && o.snapshotter !== 'native') {
+      throw new Error(`invalid --snapshotter "${o.snapshotter}": want overlayfs or native`);
+    }
+    return { root: o.root, namespace: o.namespace, snapshotter: o.snapshotter, logLevel: o.logLevel };
+  };
+  return {
+    globals,
+    log() {
+      logger ??= pino({ level: globals().logLevel, base: undefined }, pino.destination(2));
+      return logger;
+    },
+    core() {
+      const g = globals();
+      core ??= (async () => {
+        // Temporary mounts live under the root; a killed earlier run may have left some.
+        const mountDir = `${g.root}/mounts`;
+        setTempMountRoot(mountDir);
+        const report = await recoverMounts(mountDir);
+        if (report.unmounted.length > 0 || report.removed.length > 0) {
+          this.log().info({ unmounted: report.unmounted, removed: report.removed }, 'recovered stale mounts');
+        }
+        return openCore({ root: g.root, namespace: g.namespace, snapshotter: g.snapshotter });
+      })();
+      return core;
+    },
+    async close() {
+      if (core) await (await core).close();
+    },
+  };
+}
