@@ -9,6 +9,7 @@
  * test/core/snapshotter-conformance.ts.
  */
 import type { Labels } from '../content/types.ts';
+import type { Mount } from '../mount/mount.ts';
 
 export type Kind = 'view' | 'active' | 'committed';
 
@@ -29,16 +30,8 @@ export interface Usage {
   inodes: number;
 }
 
-/** One mount, as mount(8) would take it. */
-export interface Mount {
-  /** 'bind', 'overlay', 'tmpfs', ... */
-  type: string;
-  source: string;
-  /** Relative path below the mount target; '' or undefined for the target itself. */
-  target?: string;
-  /** mount(8)-style options: 'ro', 'rbind', 'lowerdir=…', 'upperdir=…', 'workdir=…', ... */
-  options: string[];
-}
+/** Mount lists are the mount layer's type. */
+export type { Mount } from '../mount/mount.ts';
 
 export interface SnapshotOptions {
   labels?: Labels;

@@ -1,0 +1,251 @@
+/**
+ * What the directory-based drivers (overlay.ts, native.ts) share: a
+ * MetaStore (storage.ts) plus one directory per snapshot,
+ * `<root>/snapshots/<id>/`, and the crash-safety protocol around them.
+ *
+ * - create: the directory is built under `<root>/snapshots/tmp-XXXXXX`, then
+ *   the record is inserted and the directory renamed to `<id>` inside one
+ *   database transaction (a crash before COMMIT leaves a directory without a
+ *   record; a failed rename rolls the record back).
+ * - remove: the record is deleted and the directory renamed to
+ *   `tmp-rm-<id>` in one transaction, then deleted.
+ * - open: stale mounts below the root are unmounted (recoverMounts) and
+ *   every `tmp-*` directory and every `<id>` directory without a record is
+ *   deleted. A directory is never deleted while something is mounted below it.
+ *
+ * Drivers supply `populate` (fill a new snapshot's directory) and
+ * `mountsFor` (the Mount list of an active or view record). `diskUsage` is
+ * du(1)-like: allocated blocks and inodes, a hard-linked inode counted once.
+ */
+import { fsyncSync, openSync, closeSync, renameSync } from 'node:fs';
+import { lstat, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { compileFilters, fieldLookup } from '../content/filters.ts';
+import {
+  errFailedPrecondition,
+  errInvalidArgument,
+  errNotFound,
+  errAlreadyExists,
+  isErrno,
+} from '../errors.ts';
+import { mountsUnder, readMountinfo } from '../mount/mountinfo.ts';
+import { recoverMounts } from '../mount/recovery.ts';
+import { MetaStore, type SnapshotRecord, toInfo } from './storage.ts';
+import type { Mount, SnapshotInfo, SnapshotOptions, Snapshotter, Usage } from './types.ts';
+
+/** du of a tree: allocated bytes (st_blocks * 512) and inodes, hard links counted once. */
+export async function diskUsage(dir: string): Promise<Usage> {
+  const seen = new Set<string>();
+  let size = 0;
+  let inodes = 0;
+  const visit = async (p: string): Promise<void> => {
+    const st = await lstat(p, { bigint: true });
+    if (st.nlink > 1n && !st.isDirectory()) {
+      const k = `${st.dev}:${st.ino}`;
+      if (seen.has(k)) return;
+      seen.add(k);
+    }
+    inodes++;
+    size += Number(st.blocks) * 512;
+    if (st.isDirectory()) {
+      for (const name of await readdir(p)) await visit(path.join(p, name));
+    }
+  };
+  await visit(dir);
+  return { size, inodes };
+}
+
+function fsyncDir(dir: string): void {
+  const fd = openSync(dir, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** rm -rf that refuses to run while anything is mounted at or below `p`. */
+async function removeTree(p: string): Promise<void> {
+  const mounted = mountsUnder(await readMountinfo(), p);
+  if (mounted.length > 0) {
+    throw errFailedPrecondition(`remove "${p}": "${mounted[0].mountPoint}" is still mounted`);
+  }
+  await rm(p, { recursive: true, force: true });
+}
+
+export abstract class DirSnapshotter implements Snapshotter {
+  abstract readonly name: string;
+  readonly root: string;
+  protected readonly ms: MetaStore;
+  protected readonly snapshotsDir: string;
+  #closed = false;
+
+  protected constructor(root: string, ms: MetaStore) {
+    this.root = root;
+    this.ms = ms;
+    this.snapshotsDir = path.join(root, 'snapshots');
+  }
+
+  /** Opens the store and performs startup recovery; drivers call it from their factory. */
+  protected static async openRoot(root: string): Promise<MetaStore> {
+    const abs = path.resolve(root);
+    await mkdir(path.join(abs, 'snapshots'), { recursive: true, mode: 0o700 });
+    await recoverMounts(abs);
+    const ms = MetaStore.open(abs);
+    try {
+      const ids = ms.ids();
+      const dir = path.join(abs, 'snapshots');
+      for (const name of await readdir(dir)) {
+        const known = /^\d+$/.test(name) && ids.has(Number(name));
+        if (!known && (name.startsWith('tmp-') || /^\d+$/.test(name))) await removeTree(path.join(dir, name));
+      }
+    } catch (err) {
+      ms.close();
+      throw err;
+    }
+    return ms;
+  }
+
+  /** `<root>/snapshots/<id>` */
+  protected dir(id: number): string {
+    return path.join(this.snapshotsDir, String(id));
+  }
+
+  /** `<root>/snapshots/<id>/fs` */
+  protected fsDir(id: number): string {
+    return path.join(this.dir(id), 'fs');
+  }
+
+  /** Fills a new snapshot's directory (`dir` is still the temp name). */
+  protected abstract populate(
+    dir: string,
+    kind: 'active' | 'view',
+    parent: SnapshotRecord | undefined,
+  ): Promise<void>;
+
+  /** Mounts of an active or view snapshot record. */
+  protected abstract mountsFor(rec: SnapshotRecord): Mount[];
+
+  protected check(): void {
+    if (this.#closed) throw errFailedPrecondition(`snapshotter "${this.name}" at "${this.root}" is closed`);
+  }
+
+  async stat(key: string): Promise<SnapshotInfo> {
+    this.check();
+    return toInfo(this.ms.mustGet(key, 'stat'));
+  }
+
+  async update(info: Pick<SnapshotInfo, 'name' | 'labels'>, fieldpaths?: string[]): Promise<SnapshotInfo> {
+    this.check();
+    return toInfo(this.ms.updateLabels(info.name, info.labels ?? {}, fieldpaths));
+  }
+
+  async usage(key: string): Promise<Usage> {
+    this.check();
+    const rec = this.ms.mustGet(key, 'usage');
+    if (rec.usage) return rec.usage;
+    return diskUsage(this.fsDir(rec.id));
+  }
+
+  async mounts(key: string): Promise<Mount[]> {
+    this.check();
+    const rec = this.ms.mustGet(key, 'mounts');
+    if (rec.kind === 'committed') {
+      throw errFailedPrecondition(`mounts: snapshot "${key}" is committed, not active or view`);
+    }
+    return this.mountsFor(rec);
+  }
+
+  prepare(key: string, parent?: string, options?: SnapshotOptions): Promise<Mount[]> {
+    return this.create('active', key, parent, options);
+  }
+
+  view(key: string, parent?: string, options?: SnapshotOptions): Promise<Mount[]> {
+    return this.create('view', key, parent, options);
+  }
+
+  protected async create(
+    kind: 'active' | 'view',
+    key: string,
+    parent: string | undefined,
+    options?: SnapshotOptions,
+  ): Promise<Mount[]> {
+    this.check();
+    const action = `${kind === 'view' ? 'view' : 'prepare'} "${key}"`;
+    if (typeof key !== 'string' || key === '') throw errInvalidArgument(`${action}: empty snapshot key`);
+    // Early checks, so no tree is built for a request that will fail; the
+    // transaction below checks again.
+    if (this.ms.get(key)) throw errAlreadyExists(`${action}: snapshot "${key}" already exists`);
+    let parentRec: SnapshotRecord | undefined;
+    if (parent !== undefined && parent !== '') {
+      parentRec = this.ms.get(parent);
+      if (!parentRec) throw errNotFound(`${action}: parent snapshot "${parent}" does not exist`);
+      if (parentRec.kind !== 'committed') {
+        throw errInvalidArgument(
+          `${action}: parent snapshot "${parent}" is ${parentRec.kind}, not committed`,
+        );
+      }
+    }
+    const tmp = await mkdtemp(path.join(this.snapshotsDir, 'tmp-'));
+    let rec: SnapshotRecord;
+    try {
+      await this.populate(tmp, kind, parentRec);
+      this.check();
+      rec = this.ms.transaction(() => {
+        const r = this.ms.create(kind, key, parent, options?.labels);
+        renameSync(tmp, this.dir(r.id));
+        return r;
+      });
+    } catch (err) {
+      await rm(tmp, { recursive: true, force: true });
+      throw err;
+    }
+    fsyncDir(this.snapshotsDir);
+    return this.mountsFor(rec);
+  }
+
+  async commit(name: string, key: string, options?: SnapshotOptions): Promise<void> {
+    this.check();
+    const action = `commit "${key}" as "${name}"`;
+    const rec = this.ms.mustGet(key, action);
+    if (rec.kind !== 'active')
+      throw errFailedPrecondition(`${action}: snapshot "${key}" is ${rec.kind}, not active`);
+    if (this.ms.get(name)) throw errAlreadyExists(`${action}: snapshot "${name}" already exists`);
+    const usage = await diskUsage(this.fsDir(rec.id));
+    this.check();
+    this.ms.commit(key, name, usage, options?.labels);
+  }
+
+  async remove(key: string): Promise<void> {
+    this.check();
+    const trash = path.join(
+      this.snapshotsDir,
+      `tmp-rm-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`,
+    );
+    this.ms.transaction(() => {
+      const r = this.ms.remove(key);
+      try {
+        renameSync(this.dir(r.id), trash);
+      } catch (err) {
+        if (!isErrno(err, 'ENOENT')) throw err;
+      }
+    });
+    await removeTree(trash);
+  }
+
+  async walk(fn: (info: SnapshotInfo) => void | Promise<void>, filters?: string[]): Promise<void> {
+    this.check();
+    const match = compileFilters(filters);
+    for (const rec of this.ms.list()) {
+      const info = toInfo(rec);
+      const lookup = fieldLookup({ name: info.name, parent: info.parent, kind: info.kind }, info.labels);
+      if (match(lookup)) await fn(info);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.ms.close();
+  }
+}

@@ -1,0 +1,65 @@
+/**
+ * Entry point of the snapshot drivers: `createSnapshotter(driver, root)`
+ * opens a driver root (creating it, running startup recovery) and
+ * `supportsOverlay(dir)` probes whether overlayfs can be mounted with upper
+ * and work directories on the filesystem holding `dir` (it mounts and
+ * unmounts a tiny overlay under `dir`). The contract is in types.ts.
+ */
+import { mkdir, mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { errInvalidArgument, errUnavailable } from '../errors.ts';
+import { mountAll, unmountAll } from '../mount/mount.ts';
+import { NativeSnapshotter } from './native.ts';
+import { OverlaySnapshotter } from './overlay.ts';
+import type { Snapshotter } from './types.ts';
+
+export type { Kind, Mount, SnapshotInfo, SnapshotOptions, Snapshotter, Usage } from './types.ts';
+export type SnapshotterDriver = 'overlayfs' | 'native';
+
+/** True when an overlay with lower, upper and work directories mounts under `dir` and works. */
+export async function supportsOverlay(dir: string): Promise<boolean> {
+  await mkdir(dir, { recursive: true });
+  const probe = await mkdtemp(path.join(dir, 'tmp-overlay-probe-'));
+  const [lower, upper, work, merged] = ['lower', 'upper', 'work', 'merged'].map((n) => path.join(probe, n));
+  await Promise.all([lower, upper, work, merged].map((d) => mkdir(d)));
+  await writeFile(path.join(lower, 'f'), 'x');
+  let ok: boolean;
+  try {
+    await mountAll(
+      [
+        {
+          type: 'overlay',
+          source: 'overlay',
+          options: [`lowerdir=${lower}`, `upperdir=${upper}`, `workdir=${work}`],
+        },
+      ],
+      merged,
+    );
+    try {
+      ok = (await readFile(path.join(merged, 'f'), 'utf8')) === 'x';
+    } finally {
+      // If this throws, the probe directory is left for recovery: never rm through a mount.
+      await unmountAll(merged);
+    }
+  } catch {
+    ok = false;
+  }
+  await rm(probe, { recursive: true, force: true });
+  return ok;
+}
+
+/** Opens the snapshot driver `driver` with its state in `root`. */
+export async function createSnapshotter(driver: SnapshotterDriver, root: string): Promise<Snapshotter> {
+  switch (driver) {
+    case 'overlayfs':
+      // Probing in snapshots/ under a tmp- name: startup cleanup removes a leftover probe.
+      if (!(await supportsOverlay(path.join(root, 'snapshots')))) {
+        throw errUnavailable(`open snapshotter "overlayfs" at "${root}": overlayfs is not supported there`);
+      }
+      return OverlaySnapshotter.open(root);
+    case 'native':
+      return NativeSnapshotter.open(root);
+    default:
+      throw errInvalidArgument(`open snapshotter: unknown driver "${String(driver)}"`);
+  }
+}

@@ -1,0 +1,75 @@
+/**
+ * The `overlayfs` snapshot driver. Layout: `<root>/snapshots/<id>/{fs,work}`
+ * (a view has only `fs`). An active snapshot's `fs` is the overlay upper
+ * directory and becomes the committed snapshot by a metadata change only:
+ * commit never copies. Mounts returned:
+ *
+ * - active, no parent: `bind` of `fs`, `rbind,rw`
+ * - view, no parent: `bind` of its own (empty) `fs`, `rbind,ro`
+ * - view of one committed parent: `bind` of the parent's `fs`, `rbind,ro`
+ * - otherwise `overlay` with `lowerdir=<parent fs>:<grandparent fs>:…`
+ *   (topmost first), plus `upperdir`/`workdir` for an active snapshot or
+ *   `ro` for a view, and `index=off`.
+ *
+ * The option string grows with the chain; ../mount/mount.ts mounts chains
+ * longer than one page with `lowerdir+`. Limits: the kernel's overlay stack
+ * depth (500 layers); paths are escaped for `:`, `,` and `\`; the caller
+ * must unmount an active snapshot before committing or removing it.
+ */
+import { chown, chmod, lstat, mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { escapeOverlayPath } from '../mount/mount.ts';
+import { DirSnapshotter } from './driver.ts';
+import type { MetaStore, SnapshotRecord } from './storage.ts';
+import type { Mount } from './types.ts';
+
+export class OverlaySnapshotter extends DirSnapshotter {
+  readonly name = 'overlayfs';
+
+  private constructor(root: string, ms: MetaStore) {
+    super(root, ms);
+  }
+
+  /** Opens (creating) a driver root, with startup recovery. */
+  static async open(root: string): Promise<OverlaySnapshotter> {
+    const abs = path.resolve(root);
+    return new OverlaySnapshotter(abs, await DirSnapshotter.openRoot(abs));
+  }
+
+  protected async populate(
+    dir: string,
+    kind: 'active' | 'view',
+    parent: SnapshotRecord | undefined,
+  ): Promise<void> {
+    const fs = path.join(dir, 'fs');
+    await mkdir(fs, { mode: 0o755 });
+    await chmod(fs, 0o755);
+    if (kind === 'active') await mkdir(path.join(dir, 'work'), { mode: 0o700 });
+    if (parent) {
+      // The merged root takes its attributes from the upper directory.
+      const st = await lstat(this.fsDir(parent.id));
+      await chown(fs, st.uid, st.gid);
+      await chmod(fs, st.mode & 0o7777);
+    }
+  }
+
+  protected mountsFor(rec: SnapshotRecord): Mount[] {
+    const lowers = this.ms.parentIds(rec.id).map((id) => this.fsDir(id));
+    const rw = rec.kind === 'active';
+    if (lowers.length === 0) {
+      return [{ type: 'bind', source: this.fsDir(rec.id), options: ['rbind', rw ? 'rw' : 'ro'] }];
+    }
+    if (!rw && lowers.length === 1) {
+      return [{ type: 'bind', source: lowers[0], options: ['rbind', 'ro'] }];
+    }
+    const options = ['index=off'];
+    if (rw) {
+      options.push(
+        `workdir=${escapeOverlayPath(path.join(this.dir(rec.id), 'work'))}`,
+        `upperdir=${escapeOverlayPath(this.fsDir(rec.id))}`,
+      );
+    } else options.push('ro');
+    options.push(`lowerdir=${lowers.map(escapeOverlayPath).join(':')}`);
+    return [{ type: 'overlay', source: 'overlay', options }];
+  }
+}
