@@ -26,7 +26,9 @@ fi
 
 if [[ ! -x node_modules/.bin/node ]] || [[ package-lock.json -nt node_modules/.package-lock.json ]]; then
   echo "setup: installing npm dependencies"
-  npm ci --no-audit --no-fund --loglevel=error
+  # npm ci rejects this npm's lock files (it wants optional packages of other platforms
+  # that npm install does not record), so install from the lock file with npm install.
+  npm install --no-audit --no-fund --loglevel=error
 fi
 npm run --silent build:native >/dev/null
 echo "setup: done ($(npx --no-install node --version))"
