@@ -1,0 +1,28 @@
+/**
+ * Public entry of the OCI distribution client: a Resolver (resolve a
+ * reference, then fetch or push in its repository) with its transport,
+ * auth and error types. See each module for its contract and limits.
+ */
+export {
+  Authorizer,
+  type AuthorizerOptions,
+  type Challenge,
+  type Credentials,
+  type CredentialsFn,
+  dockerConfigCredentials,
+  mergeScopes,
+  parseWWWAuthenticate,
+  repositoryScope,
+  runCredentialHelper,
+} from './auth.ts';
+export { Fetcher, type FetchOptions, MANIFEST_ACCEPT, MAX_MANIFEST_SIZE } from './fetcher.ts';
+export { type BlobSource, type PushBlobOptions, Pusher, type PushResult } from './pusher.ts';
+export { type Resolved, Resolver } from './resolver.ts';
+export {
+  isLoopbackHost,
+  RegistryError,
+  type RegistryRequest,
+  RegistryTransport,
+  type RemoteOptions,
+  registryBaseURL,
+} from './transport.ts';
