@@ -11,6 +11,7 @@ PACKAGES=(
   crun runc
   busybox-static
   umoci skopeo oci-image-tool docker-registry
+  docker.io
 )
 
 missing=()
@@ -31,4 +32,14 @@ if [[ ! -x node_modules/.bin/node ]] || [[ package-lock.json -nt node_modules/.p
   npm install --no-audit --no-fund --loglevel=error
 fi
 npm run --silent build:native >/dev/null
+
+# The reference builder (docker's BuildKit) for differential tests and benchmarks:
+# start Debian's dockerd when it is not running (there is no systemd here).
+if ! /usr/bin/docker info >/dev/null 2>&1; then
+  echo "setup: starting dockerd"
+  mkdir -p /var/log
+  nohup /usr/sbin/dockerd >/var/log/kiln-dockerd.log 2>&1 &
+  for _ in $(seq 60); do /usr/bin/docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  /usr/bin/docker info >/dev/null 2>&1 || { echo "setup: dockerd did not start; see /var/log/kiln-dockerd.log" >&2; exit 1; }
+fi
 echo "setup: done ($(npx --no-install node --version))"
