@@ -24,9 +24,19 @@ const tmp = `${out}.tmp-${process.pid}`;
 execFileSync(
   process.env.CC ?? 'cc',
   [
-    '-shared', '-fPIC', '-O2', '-Wall', '-Wextra', '-Wno-unused-parameter', '-std=gnu11',
-    '-DNODE_GYP_MODULE_NAME=kiln_native', '-DNAPI_VERSION=8',
-    `-I${include}`, join(root, 'native/kiln_native.c'), '-o', tmp,
+    '-shared',
+    '-fPIC',
+    '-O2',
+    '-Wall',
+    '-Wextra',
+    '-Wno-unused-parameter',
+    '-std=gnu11',
+    '-DNODE_GYP_MODULE_NAME=kiln_native',
+    '-DNAPI_VERSION=8',
+    `-I${include}`,
+    join(root, 'native/kiln_native.c'),
+    '-o',
+    tmp,
   ],
   { stdio: 'inherit' },
 );

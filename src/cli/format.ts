@@ -3,9 +3,13 @@
 export function table(rows: string[][], out: NodeJS.WritableStream = process.stdout): void {
   if (rows.length === 0) return;
   const widths: number[] = [];
-  for (const row of rows) row.forEach((cell, i) => (widths[i] = Math.max(widths[i] ?? 0, cell.length)));
   for (const row of rows) {
-    out.write(`${row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!))).join('   ')}\n`);
+    for (const [i, cell] of row.entries()) widths[i] = Math.max(widths[i] ?? 0, cell.length);
+  }
+  for (const row of rows) {
+    out.write(
+      `${row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!))).join('   ')}\n`,
+    );
   }
 }
 

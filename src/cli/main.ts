@@ -9,6 +9,7 @@ import { registerContentCommands } from './commands/content.ts';
 import { registerDebugCommands } from './commands/debug.ts';
 import { registerDiffCommands } from './commands/diff.ts';
 import { registerGcCommand } from './commands/gc.ts';
+import { registerImageCommands } from './commands/images.ts';
 import { registerNamespaceCommands } from './commands/namespace.ts';
 import { registerSnapshotCommands } from './commands/snapshot.ts';
 import { createContext, defaultRoot } from './context.ts';
@@ -19,9 +20,21 @@ export function buildProgram(): { program: Command; close(): Promise<void> } {
     .description('Kiln: a container image builder and container core')
     .version('0.1.0')
     .option('--root <dir>', 'state directory', process.env.KILN_ROOT ?? defaultRoot())
-    .option('-n, --namespace <name>', 'namespace (env KILN_NAMESPACE)', process.env.KILN_NAMESPACE ?? 'default')
-    .option('--snapshotter <name>', 'snapshotter driver: overlayfs or native', process.env.KILN_SNAPSHOTTER ?? 'overlayfs')
-    .option('--log-level <level>', 'log level: trace, debug, info, warn, error', process.env.KILN_LOG_LEVEL ?? 'warn')
+    .option(
+      '-n, --namespace <name>',
+      'namespace (env KILN_NAMESPACE)',
+      process.env.KILN_NAMESPACE ?? 'default',
+    )
+    .option(
+      '--snapshotter <name>',
+      'snapshotter driver: overlayfs or native',
+      process.env.KILN_SNAPSHOTTER ?? 'overlayfs',
+    )
+    .option(
+      '--log-level <level>',
+      'log level: trace, debug, info, warn, error',
+      process.env.KILN_LOG_LEVEL ?? 'warn',
+    )
     .showHelpAfterError()
     .exitOverride()
     .addHelpText(
@@ -40,6 +53,7 @@ Examples:
   registerSnapshotCommands(program, ctx);
   registerDiffCommands(program, ctx);
   registerGcCommand(program, ctx);
+  registerImageCommands(program, ctx);
   registerDebugCommands(program);
   for (const cmd of program.commands) cmd.exitOverride();
   return { program, close: () => ctx.close() };

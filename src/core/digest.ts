@@ -16,7 +16,8 @@ export function parseDigest(value: string): { algorithm: string; hex: string; di
   if (!m) throw errInvalidArgument(`invalid digest "${value}"`);
   const [, algorithm, hex] = m as unknown as [string, string, string];
   const len = HEX_LEN[algorithm];
-  if (len === undefined) throw errInvalidArgument(`unsupported digest algorithm "${algorithm}" in "${value}"`);
+  if (len === undefined)
+    throw errInvalidArgument(`unsupported digest algorithm "${algorithm}" in "${value}"`);
   if (hex.length !== len || !/^[a-f0-9]+$/.test(hex)) {
     throw errInvalidArgument(`invalid ${algorithm} digest "${value}": want ${len} lower-case hex characters`);
   }

@@ -60,7 +60,8 @@ export function isErrno(err: unknown, code: string): boolean {
 export function wrap(err: unknown, message: string): KilnError {
   if (err instanceof KilnError) return new KilnError(err.code, `${message}: ${err.message}`, { cause: err });
   if (isErrno(err, 'ENOENT')) return new KilnError('NotFound', `${message}: ${String(err)}`, { cause: err });
-  if (isErrno(err, 'EEXIST')) return new KilnError('AlreadyExists', `${message}: ${String(err)}`, { cause: err });
+  if (isErrno(err, 'EEXIST'))
+    return new KilnError('AlreadyExists', `${message}: ${String(err)}`, { cause: err });
   return new KilnError('Internal', `${message}: ${err instanceof Error ? err.message : String(err)}`, {
     cause: err,
   });

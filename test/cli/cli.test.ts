@@ -124,7 +124,10 @@ describe('kiln CLI', () => {
     } finally {
       ok(['snapshot', 'unmount', mnt]);
     }
-    assert.match(ok(['snapshot', 'tree']), /\\_ base \(committed\)\n {3}\\_ check \(active\)\n {3}\\_ work \(active\)/);
+    assert.match(
+      ok(['snapshot', 'tree']),
+      /\\_ base \(committed\)\n {3}\\_ check \(active\)\n {3}\\_ work \(active\)/,
+    );
     const rm = kiln(['snapshot', 'rm', 'base']);
     assert.equal(rm.status, 1);
     assert.match(rm.stderr, /children/);

@@ -30,7 +30,11 @@ Examples:
     .command('ls')
     .description('list blobs')
     .option('-q, --quiet', 'print only digests')
-    .option('--filter <expr>', 'filter such as digest==…, size==…, labels.KEY==VALUE (repeatable: OR)', collect)
+    .option(
+      '--filter <expr>',
+      'filter such as digest==…, size==…, labels.KEY==VALUE (repeatable: OR)',
+      collect,
+    )
     .action(async (opts: { quiet?: boolean; filter?: string[] }) => {
       const core = await ctx.core();
       const rows: string[][] = [['DIGEST', 'SIZE', 'AGE', 'LABELS']];
@@ -43,7 +47,7 @@ Examples:
 
   content
     .command('info')
-    .description('print a blob\'s record as JSON')
+    .description("print a blob's record as JSON")
     .argument('<digest>', 'blob digest', digestArg)
     .action(async (digest: Digest) => {
       const core = await ctx.core();
@@ -61,7 +65,9 @@ Examples:
 
   content
     .command('ingest')
-    .description('store standard input as a blob under an ingest ref (resumes an interrupted ingest of the same ref)')
+    .description(
+      'store standard input as a blob under an ingest ref (resumes an interrupted ingest of the same ref)',
+    )
     .argument('<ref>', 'ingest reference chosen by the caller')
     .option('--expected-digest <digest>', 'fail unless the bytes have this digest', digestArg)
     .option('--expected-size <bytes>', 'fail unless this many bytes arrive', (v) => {
@@ -70,15 +76,17 @@ Examples:
       return n;
     })
     .option('--label <key=value>', 'label to set on the blob (repeatable)', collect)
-    .action(async (ref: string, opts: { expectedDigest?: Digest; expectedSize?: number; label?: string[] }) => {
-      const core = await ctx.core();
-      const digest = await ingestStream(core.content, ref, process.stdin, {
-        ...(opts.expectedDigest ? { expected: opts.expectedDigest } : {}),
-        ...(opts.expectedSize !== undefined ? { total: opts.expectedSize } : {}),
-        labels: parseKeyValues(opts.label, 'label'),
-      });
-      process.stdout.write(`${digest}\n`);
-    });
+    .action(
+      async (ref: string, opts: { expectedDigest?: Digest; expectedSize?: number; label?: string[] }) => {
+        const core = await ctx.core();
+        const digest = await ingestStream(core.content, ref, process.stdin, {
+          ...(opts.expectedDigest ? { expected: opts.expectedDigest } : {}),
+          ...(opts.expectedSize !== undefined ? { total: opts.expectedSize } : {}),
+          labels: parseKeyValues(opts.label, 'label'),
+        });
+        process.stdout.write(`${digest}\n`);
+      },
+    );
 
   content
     .command('active')
@@ -118,7 +126,9 @@ Examples:
 
   content
     .command('rm')
-    .description("remove blobs from the namespace (the bytes go at the next gc, if no namespace refers to them)")
+    .description(
+      'remove blobs from the namespace (the bytes go at the next gc, if no namespace refers to them)',
+    )
     .argument('<digest...>', 'blob digests')
     .action(async (digests: string[]) => {
       const core = await ctx.core();

@@ -12,7 +12,10 @@ import { collect, parseKeyValues, printJson } from '../format.ts';
  * Mounts for reading snapshot `key`: an active snapshot or view as it is, a
  * committed one through a temporary view (removed by the returned cleanup).
  */
-async function readMounts(sn: Snapshotter, key: string): Promise<{ mounts: Mount[]; cleanup(): Promise<void> }> {
+async function readMounts(
+  sn: Snapshotter,
+  key: string,
+): Promise<{ mounts: Mount[]; cleanup(): Promise<void> }> {
   const info = await sn.stat(key);
   if (info.kind !== 'committed') return { mounts: await sn.mounts(key), cleanup: async () => {} };
   const viewKey = `diff-view-${randomUUID()}`;
@@ -53,7 +56,12 @@ Examples:
       async (
         first: string,
         second: string | undefined,
-        opts: { compression: Compression; compressionLevel?: number; sourceDateEpoch?: number; label?: string[] },
+        opts: {
+          compression: Compression;
+          compressionLevel?: number;
+          sourceDateEpoch?: number;
+          label?: string[];
+        },
       ) => {
         const core = await ctx.core();
         const sn = await core.snapshotter();
@@ -61,8 +69,10 @@ Examples:
         let lowerKey = second ? first : undefined;
         if (!second) lowerKey = (await sn.stat(upperKey)).parent;
         const sde =
-          opts.sourceDateEpoch ?? (process.env.SOURCE_DATE_EPOCH ? Number(process.env.SOURCE_DATE_EPOCH) : undefined);
-        if (sde !== undefined && !Number.isSafeInteger(sde)) throw new Error(`invalid source date epoch "${sde}"`);
+          opts.sourceDateEpoch ??
+          (process.env.SOURCE_DATE_EPOCH ? Number(process.env.SOURCE_DATE_EPOCH) : undefined);
+        if (sde !== undefined && !Number.isSafeInteger(sde))
+          throw new Error(`invalid source date epoch "${sde}"`);
         const upper = await readMounts(sn, upperKey);
         try {
           const lower = lowerKey ? await readMounts(sn, lowerKey) : { mounts: [], cleanup: async () => {} };

@@ -8,7 +8,10 @@ export function registerNamespaceCommands(program: Command, ctx: CliContext): vo
     .command('namespace')
     .alias('ns')
     .description('manage namespaces (they isolate content, snapshots, images and leases)')
-    .addHelpText('after', '\nExamples:\n  kiln namespace ls\n  kiln namespace create ci --label team=build\n  kiln namespace rm ci');
+    .addHelpText(
+      'after',
+      '\nExamples:\n  kiln namespace ls\n  kiln namespace create ci --label team=build\n  kiln namespace rm ci',
+    );
 
   ns.command('ls')
     .description('list namespaces')

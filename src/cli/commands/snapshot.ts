@@ -41,7 +41,11 @@ Examples:
   snap
     .command('ls')
     .description('list snapshots')
-    .option('--filter <expr>', 'filter such as kind==committed, parent==NAME, labels.KEY (repeatable: OR)', collect)
+    .option(
+      '--filter <expr>',
+      'filter such as kind==committed, parent==NAME, labels.KEY (repeatable: OR)',
+      collect,
+    )
     .action(async (opts: { filter?: string[] }) => {
       const sn = await (await ctx.core()).snapshotter();
       const rows: string[][] = [['KEY', 'PARENT', 'KIND', 'AGE', 'LABELS']];
@@ -95,13 +99,17 @@ Examples:
       .argument(kind === 'prepare' ? '[parent]' : '<parent>')
       .option('--label <key=value>', 'label to set (repeatable)', collect)
       .option('--mounts <target>', 'print the mount commands for this target')
-      .action(async (key: string, parent: string | undefined, opts: { label?: string[]; mounts?: string }) => {
-        const sn = await (await ctx.core()).snapshotter();
-        const labels = parseKeyValues(opts.label, 'label');
-        const mounts =
-          kind === 'prepare' ? await sn.prepare(key, parent, { labels }) : await sn.view(key, parent, { labels });
-        printMounts(mounts, opts.mounts);
-      });
+      .action(
+        async (key: string, parent: string | undefined, opts: { label?: string[]; mounts?: string }) => {
+          const sn = await (await ctx.core()).snapshotter();
+          const labels = parseKeyValues(opts.label, 'label');
+          const mounts =
+            kind === 'prepare'
+              ? await sn.prepare(key, parent, { labels })
+              : await sn.view(key, parent, { labels });
+          printMounts(mounts, opts.mounts);
+        },
+      );
   }
 
   snap

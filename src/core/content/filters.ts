@@ -61,6 +61,8 @@ export function compileFilters(filters: string[] | undefined): Matcher {
             return v !== c.value;
           case '~=':
             return v !== undefined && c.re!.test(v);
+          default:
+            return false;
         }
       }),
     );

@@ -9,7 +9,13 @@ import { fileURLToPath } from 'node:url';
 
 export interface NativeAddon {
   /** mount(2). Pass null for unused string arguments. */
-  mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): void;
+  mount(
+    source: string | null,
+    target: string,
+    fstype: string | null,
+    flags: number,
+    data: string | null,
+  ): void;
   /** umount2(2); flags such as MNT_DETACH. */
   umount2(target: string, flags: number): void;
   /**
