@@ -1,0 +1,361 @@
+/**
+ * The exec op (LLB ExecOp): runs a process through the OCI runtime on a
+ * root filesystem and mounts made from snapshots.
+ *
+ * - root: a writable snapshot prepared on the root input (or empty).
+ * - bind: read-only mounts view their input's snapshot (a selector binds a
+ *   sub-path, and an input used only that way is a content-based cache dep
+ *   on the selected paths); writable mounts prepare their own snapshot, which becomes an
+ *   output. Outputs are committed as results after the process exits 0 (or a
+ *   code in `validExitCodes`).
+ * - cache: a persistent directory per cache id under
+ *   `<stateDir>/cache-mounts/`, bound into the container; never part of any
+ *   result. Sharing: `shared` (default) lets concurrent execs use one
+ *   directory; `locked` serializes them (in this process); `private` gives an
+ *   exec that finds the directory busy a directory of its own (kept for
+ *   later private users).
+ * - secret: the caller's secret written into a private tmpfs outside the
+ *   rootfs with the uid/gid/mode asked, bound read-only; a missing secret is
+ *   an error unless optional. Never in a result (the tmpfs is not in the
+ *   rootfs) nor in the cache key (only the secret id is in the op).
+ * - tmpfs: a tmpfs of `size` bytes (0: unlimited).
+ * - ssh: the caller's agent socket bound at the target; missing → error
+ *   unless optional.
+ * - network: host, or none (also for `sandbox`: there is no isolated network
+ *   with connectivity yet); extra hosts are appended to /etc/hosts.
+ * - stdout/stderr go to the vertex progress as logs 1/2.
+ * - a failing process: KilnError naming the command and the exit code.
+ * - abort: the runtime kills and deletes the container; mounts are
+ *   unmounted, snapshots removed, the lease deleted (OpSession.close).
+ */
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import { errNotFound, KilnError } from '../core/errors.ts';
+import { mountAll, unmountAll } from '../core/mount/mount.ts';
+import { type ExtraMount, generateSpec, writeFileAtomic, writeSpec } from '../core/runtime/spec.ts';
+import {
+  CacheSharing,
+  type ExecOp as ExecOpPb,
+  type Mount as MountPb,
+  MountType,
+  NetworkMode,
+} from '../gen/kiln/llb/v1/llb_pb.ts';
+import type { CacheMap, CacheMapDep, Op, OpContext, Result } from '../solver/types.ts';
+import type { OpEnv } from './env.ts';
+import { copyEntry, lstatMaybe } from './fsutil.ts';
+import { OpSession, type SnapshotRef, snapshotOf } from './refs.ts';
+
+const MAX_SUMMARY = 60;
+
+/** "sh -c echo hi" style summary of a command, for names and errors. */
+export function summarizeArgs(args: readonly string[]): string {
+  const s = args.join(' ');
+  return s.length > MAX_SUMMARY ? `${s.slice(0, MAX_SUMMARY - 3)}...` : s;
+}
+
+/** In-process locks for `locked` cache mounts and the busy set for `private` ones. */
+const cacheLocks = new Map<string, Promise<void>>();
+const busyCaches = new Map<string, number>();
+
+async function lockCache(dir: string): Promise<() => void> {
+  for (;;) {
+    const held = cacheLocks.get(dir);
+    if (!held) break;
+    await held;
+  }
+  let release!: () => void;
+  cacheLocks.set(
+    dir,
+    new Promise<void>((r) => {
+      release = r;
+    }),
+  );
+  return () => {
+    cacheLocks.delete(dir);
+    release();
+  };
+}
+
+function cacheDirName(id: string): string {
+  return Buffer.from(id).toString('base64url').slice(0, 200) || '_';
+}
+
+/**
+ * The top-most missing path of each mount point: the runtime creates these
+ * in the rootfs as mount targets, and they are removed again after the run
+ * (when still empty) so they do not end up in the result.
+ */
+async function missingMountPoints(rootfs: string, dests: string[]): Promise<string[]> {
+  const out = new Set<string>();
+  for (const dest of dests) {
+    let cur = '';
+    for (const part of dest.split('/').filter(Boolean)) {
+      cur = `${cur}/${part}`;
+      if (!(await lstatMaybe(path.join(rootfs, cur)))) {
+        out.add(cur);
+        break;
+      }
+    }
+  }
+  return [...out];
+}
+
+/** Removes a mount stub if it holds only empty files and directories. */
+async function removeStubs(rootfs: string, stubs: string[]): Promise<void> {
+  const prune = async (abs: string): Promise<boolean> => {
+    const st = await lstatMaybe(abs);
+    if (!st) return true;
+    if (st.isFile() && st.size === 0n) {
+      await fs.unlink(abs);
+      return true;
+    }
+    if (!st.isDirectory()) return false;
+    let empty = true;
+    for (const name of await fs.readdir(abs)) if (!(await prune(path.join(abs, name)))) empty = false;
+    if (empty) await fs.rmdir(abs);
+    return empty;
+  };
+  for (const s of stubs) await prune(path.join(rootfs, s)).catch(() => false);
+}
+
+export class ExecOp implements Op {
+  readonly #env: OpEnv;
+  readonly #op: ExecOpPb;
+  readonly #digest: string;
+
+  constructor(env: OpEnv, op: ExecOpPb, digest: string) {
+    this.#env = env;
+    this.#op = op;
+    this.#digest = digest;
+  }
+
+  get command(): string {
+    return summarizeArgs(this.#op.meta?.args ?? []);
+  }
+
+  /**
+   * The op digest; an input used only by read-only bind mounts with a
+   * selector (not the root) gets a content-based dep on the selected paths.
+   */
+  async cacheMap(_ctx: OpContext, _index: number): Promise<CacheMap> {
+    const used = new Map<number, { selectors: string[]; plain: boolean }>();
+    for (const m of this.#op.mounts) {
+      if (m.input === undefined) continue;
+      const u = used.get(m.input) ?? { selectors: [], plain: false };
+      const contentBased = m.type === MountType.BIND && m.readonly && m.dest !== '/' && m.selector !== '';
+      if (contentBased) u.selectors.push(path.posix.normalize(`/${m.selector}`));
+      else u.plain = true;
+      used.set(m.input, u);
+    }
+    const count = used.size === 0 ? 0 : Math.max(...used.keys()) + 1;
+    const deps: CacheMapDep[] = [];
+    for (let i = 0; i < count; i++) {
+      const u = used.get(i);
+      if (!u || u.plain || u.selectors.length === 0) deps.push({});
+      else {
+        deps.push({
+          selector: u.selectors.length === 1 ? u.selectors[0] : JSON.stringify(u.selectors),
+          computeDigestFunc: (r, sel, signal) => this.#env.checksums.forResult(r, sel, signal),
+        });
+      }
+    }
+    return { digest: this.#digest, deps };
+  }
+
+  /** A new cache directory, filled from the mount's input (at its selector) when it has one. */
+  async #seedCache(session: OpSession, dir: string, m: MountPb, inputs: readonly Result[]): Promise<void> {
+    const tmp = `${dir}.seed-${randomBytes(4).toString('hex')}`;
+    await fs.mkdir(path.dirname(dir), { recursive: true });
+    try {
+      if (m.input !== undefined) {
+        const src = await session.mount(await session.view(snapshotOf(inputs[m.input])));
+        await copyEntry(path.join(src, path.posix.normalize(`/${m.selector}`)), tmp, { links: new Map() });
+        await session.unmount(src);
+      } else await fs.mkdir(tmp, { mode: 0o755 });
+      await fs.rename(tmp, dir).catch(async (err: unknown) => {
+        if (!(await lstatMaybe(dir))) throw err; // else: a concurrent exec made it first
+      });
+    } finally {
+      await fs.rm(tmp, { recursive: true, force: true });
+    }
+  }
+
+  async exec(ctx: OpContext, inputs: readonly Result[]): Promise<Result[]> {
+    const meta = this.#op.meta!;
+    const session = await OpSession.open(this.#env.core, `exec ${this.command}`);
+    const bundle = path.join(this.#env.stateDir, 'bundles', randomBytes(8).toString('hex'));
+    const releases: (() => void)[] = [];
+    const outputs: { index: number; key: string; dir: string }[] = [];
+    const results: SnapshotRef[] = [];
+    let secretsDir: string | undefined;
+    try {
+      await fs.mkdir(bundle, { recursive: true, mode: 0o700 });
+      const snapOf = (m: MountPb): string => (m.input !== undefined ? snapshotOf(inputs[m.input]) : '');
+      const extra: ExtraMount[] = [];
+      let rootfs = '';
+      let readonlyRoot = false;
+      for (const m of this.#op.mounts) {
+        ctx.signal.throwIfAborted();
+        const what = `mount "${m.dest}"`;
+        switch (m.type) {
+          case MountType.BIND: {
+            let dir: string;
+            if (m.readonly && m.output === undefined) {
+              dir = await session.mount(await session.view(snapOf(m)));
+            } else {
+              const { key, mounts } = await session.prepare(snapOf(m));
+              dir = await session.mount(mounts);
+              if (m.output !== undefined) outputs.push({ index: m.output, key, dir });
+            }
+            if (m.dest === '/') {
+              rootfs = dir;
+              readonlyRoot = m.readonly;
+              break;
+            }
+            const source = m.selector ? path.join(dir, path.posix.normalize(`/${m.selector}`)) : dir;
+            extra.push({ type: 'bind', source, destination: m.dest, readonly: m.readonly });
+            break;
+          }
+          case MountType.CACHE: {
+            const id = m.cache?.id ?? m.dest;
+            const base = path.join(this.#env.stateDir, 'cache-mounts', cacheDirName(id));
+            let dir = base;
+            const sharing = m.cache?.sharing ?? CacheSharing.UNSPECIFIED;
+            if (sharing === CacheSharing.LOCKED) releases.push(await lockCache(base));
+            else if (sharing === CacheSharing.PRIVATE) {
+              for (let n = 1; (busyCaches.get(dir) ?? 0) > 0; n++) dir = `${base}.${n}`;
+            }
+            busyCaches.set(dir, (busyCaches.get(dir) ?? 0) + 1);
+            const d = dir;
+            releases.push(() => {
+              const left = (busyCaches.get(d) ?? 1) - 1;
+              if (left <= 0) busyCaches.delete(d);
+              else busyCaches.set(d, left);
+            });
+            if (!(await lstatMaybe(dir))) await this.#seedCache(session, dir, m, inputs);
+            extra.push({ type: 'bind', source: dir, destination: m.dest });
+            break;
+          }
+          case MountType.TMPFS:
+            extra.push({
+              type: 'tmpfs',
+              destination: m.dest,
+              ...(m.tmpfs?.size ? { size: Number(m.tmpfs.size) } : {}),
+            });
+            break;
+          case MountType.SECRET: {
+            const opt = m.secret!;
+            const value = this.#env.sessions.secrets[opt.id];
+            if (value === undefined) {
+              if (opt.optional) break;
+              throw errNotFound(`${what}: secret "${opt.id}" not found in the session`);
+            }
+            if (!secretsDir) {
+              secretsDir = path.join(bundle, 'secrets');
+              await fs.mkdir(secretsDir, { mode: 0o700 });
+              await mountAll(
+                [
+                  {
+                    type: 'tmpfs',
+                    source: 'tmpfs',
+                    options: ['nosuid', 'nodev', 'noexec', 'mode=0755', 'size=16m'],
+                  },
+                ],
+                secretsDir,
+              );
+            }
+            const file = path.join(secretsDir, randomBytes(8).toString('hex'));
+            await fs.writeFile(file, value, { mode: 0o600 });
+            await fs.chown(file, opt.uid, opt.gid);
+            await fs.chmod(file, opt.mode & 0o7777 || 0o400);
+            extra.push({ type: 'bind', source: file, destination: m.dest, readonly: true });
+            break;
+          }
+          case MountType.SSH: {
+            const opt = m.ssh!;
+            const sock = this.#env.sessions.ssh;
+            if (!sock) {
+              if (opt.optional) break;
+              throw errNotFound(`${what}: no ssh agent socket in the session for id "${opt.id}"`);
+            }
+            extra.push({ type: 'bind', source: sock, destination: m.dest });
+            break;
+          }
+          default:
+            throw new KilnError('InvalidArgument', `${what}: unsupported mount type ${m.type}`);
+        }
+      }
+      if (!rootfs) throw new KilnError('InvalidArgument', 'exec has no root mount');
+      const network = this.#op.network === NetworkMode.HOST ? 'host' : 'none';
+      const { spec } = await generateSpec({
+        rootfs,
+        readonlyRootfs: readonlyRoot,
+        args: [...meta.args],
+        env: [...meta.env],
+        cwd: meta.cwd || '/',
+        user: meta.user,
+        network,
+        ...(meta.hostname ? { hostname: meta.hostname } : {}),
+        filesDir: bundle,
+        mounts: extra,
+      });
+      if (meta.extraHosts.length > 0) {
+        const hostsMount = spec.mounts.find((m) => m.destination === '/etc/hosts');
+        const base = hostsMount ? await fs.readFile(hostsMount.source, 'utf8').catch(() => '') : '';
+        const file = path.join(bundle, 'hosts.extra');
+        const lines = meta.extraHosts.map((h) => `${h.ip}\t${h.host}\n`).join('');
+        await writeFileAtomic(file, `${base}${base.endsWith('\n') || base === '' ? '' : '\n'}${lines}`);
+        if (hostsMount) {
+          hostsMount.source = file;
+          hostsMount.options = ['rbind', 'rprivate', 'ro'];
+        }
+      }
+      await writeSpec(bundle, spec);
+      const stubs = await missingMountPoints(
+        rootfs,
+        spec.mounts.map((m) => m.destination),
+      );
+      const runtime = await this.#env.runtime();
+      const sink = (stream: 1 | 2): Writable =>
+        new Writable({
+          write(chunk: Buffer, _enc, cb) {
+            ctx.progress.log(stream, new Uint8Array(chunk));
+            cb();
+          },
+        });
+      const res = await runtime.run(bundle, {
+        id: `kiln-exec-${randomBytes(6).toString('hex')}`,
+        stdout: sink(1),
+        stderr: sink(2),
+        signal: ctx.signal,
+      });
+      const valid = meta.validExitCodes.length > 0 ? meta.validExitCodes : [0];
+      if (!valid.includes(res.exitCode)) {
+        const why = res.startError ? `: ${res.startError}` : '';
+        throw new KilnError(
+          res.exitCode === 127 || res.exitCode === 126 ? 'NotFound' : 'Internal',
+          `process "${this.command}" did not complete successfully: exit code ${res.exitCode}${why}`,
+        );
+      }
+      await removeStubs(rootfs, stubs);
+      // Unmount before committing: outputs are read through their snapshots from now on.
+      if (secretsDir) await unmountAll(secretsDir);
+      const byIndex = [...outputs].sort((a, b) => a.index - b.index);
+      for (const o of byIndex) {
+        await session.unmount(o.dir);
+        results.push(await session.commitResult(o.key, this.#digest));
+      }
+      return results;
+    } catch (err) {
+      await Promise.all(results.map((r) => r.release()));
+      throw err;
+    } finally {
+      for (const r of releases.reverse()) r();
+      if (secretsDir) await unmountAll(secretsDir).catch(() => {});
+      await session.close();
+      await fs.rm(bundle, { recursive: true, force: true }).catch(() => {});
+    }
+  }
+}

@@ -1,0 +1,119 @@
+/**
+ * Merge and diff ops (LLB MergeOp, DiffOp).
+ *
+ * merge(inputs): the inputs' trees layered in order, the first at the bottom.
+ * What is done: a snapshot is prepared with the first input as its parent
+ * (overlayfs stacks it: nothing of the first input is copied). Then, for
+ * each further input, its snapshot chain (the input and its committed
+ * parents) is replayed layer by layer: each layer's own changes (the diff
+ * service's layer from its parent to it, uncompressed, through the content
+ * store under the op's lease) are applied in order, whiteouts included, so
+ * an input's deletions apply to what is below it, as when layers are
+ * stacked. Layers the input shares with the first input's chain (a common
+ * base image) are already present and are skipped. Cost: one tar stream per
+ * replayed layer; stacking them as overlay lowerdirs without any copy needs
+ * a snapshotter API for multi-parent snapshots (future work).
+ *
+ * diff(lower, upper): the layer from lower to upper (the diff service, with
+ * the overlay upperdir fast path when upper sits directly on lower), applied
+ * onto an empty snapshot; whiteouts have nothing to delete there, so the
+ * result holds what was added or changed. An absent lower is the empty tree.
+ */
+import { apply, compare } from '../core/diff/index.ts';
+import type { DiffOp as DiffOpPb, MergeOp as MergeOpPb } from '../gen/kiln/llb/v1/llb_pb.ts';
+import type { CacheMap, Op, OpContext, Result } from '../solver/types.ts';
+import type { OpEnv } from './env.ts';
+import { OpSession, snapshotOf } from './refs.ts';
+
+/** The committed chain of `snapshot`, bottom first. */
+async function chainOf(session: OpSession, snapshot: string): Promise<string[]> {
+  const chain: string[] = [];
+  for (let cur: string | undefined = snapshot; cur; cur = (await session.sn.stat(cur)).parent)
+    chain.unshift(cur);
+  return chain;
+}
+
+async function layerOnto(
+  session: OpSession,
+  lowerSnap: string | undefined,
+  upperSnap: string,
+  targetMounts: Parameters<typeof apply>[2],
+  signal: AbortSignal,
+): Promise<void> {
+  const lower = lowerSnap === undefined ? [] : await session.view(lowerSnap);
+  const upper = await session.view(upperSnap);
+  const desc = await compare(lower, upper, session.core.content, {
+    compression: 'none',
+    signal,
+  });
+  session.core.leases.addResource(session.lease, { type: 'content', id: desc.digest });
+  await apply(desc, session.core.content, targetMounts, { signal });
+  await session.core.content.delete(desc.digest).catch(() => {});
+}
+
+export class MergeOp implements Op {
+  readonly #env: OpEnv;
+  readonly #op: MergeOpPb;
+  readonly #digest: string;
+
+  constructor(env: OpEnv, op: MergeOpPb, digest: string) {
+    this.#env = env;
+    this.#op = op;
+    this.#digest = digest;
+  }
+
+  async cacheMap(_ctx: OpContext, _index: number): Promise<CacheMap> {
+    return { digest: this.#digest, deps: [] };
+  }
+
+  async exec(ctx: OpContext, inputs: readonly Result[]): Promise<Result[]> {
+    const snaps = this.#op.inputs.map((m) => snapshotOf(inputs[m.input]));
+    const session = await OpSession.open(this.#env.core, `merge ${this.#digest}`);
+    try {
+      const { key, mounts } = await session.prepare(snaps[0] ?? '');
+      const base = new Set(snaps[0] ? await chainOf(session, snaps[0]) : []);
+      for (const s of snaps.slice(1)) {
+        const chain = await chainOf(session, s);
+        for (let i = 0; i < chain.length; i++) {
+          if (base.has(chain[i]!)) continue;
+          await layerOnto(session, i > 0 ? chain[i - 1] : undefined, chain[i]!, mounts, ctx.signal);
+        }
+      }
+      return [await session.commitResult(key, this.#digest)];
+    } finally {
+      await session.close();
+    }
+  }
+}
+
+export class DiffOp implements Op {
+  readonly #env: OpEnv;
+  readonly #op: DiffOpPb;
+  readonly #digest: string;
+
+  constructor(env: OpEnv, op: DiffOpPb, digest: string) {
+    this.#env = env;
+    this.#op = op;
+    this.#digest = digest;
+  }
+
+  async cacheMap(_ctx: OpContext, _index: number): Promise<CacheMap> {
+    return { digest: this.#digest, deps: [] };
+  }
+
+  async exec(ctx: OpContext, inputs: readonly Result[]): Promise<Result[]> {
+    const lowerIdx = this.#op.lower?.input;
+    const upperIdx = this.#op.upper?.input;
+    const session = await OpSession.open(this.#env.core, `diff ${this.#digest}`);
+    try {
+      const { key, mounts } = await session.prepare('');
+      if (upperIdx !== undefined) {
+        const lower = lowerIdx !== undefined ? snapshotOf(inputs[lowerIdx]) : undefined;
+        await layerOnto(session, lower, snapshotOf(inputs[upperIdx]), mounts, ctx.signal);
+      }
+      return [await session.commitResult(key, this.#digest)];
+    } finally {
+      await session.close();
+    }
+  }
+}

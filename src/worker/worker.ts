@@ -1,0 +1,220 @@
+/**
+ * The worker: wires LLB definitions to the generic solver (BuildKit's
+ * worker). `loadDefinition` turns a definition into solver vertices (digest =
+ * op digest, name = the op's `llb.customname` description or a summary such
+ * as `exec sh -c make`, `sys` = the decoded op); `resolveOp` gives the ops/
+ * implementation of a vertex; `loadResult` turns a cache index id (a
+ * committed snapshot name) back into a handle. `solveDefinition` runs one
+ * definition through the worker's own Solver (cache index:
+ * `<root>/cache.db`, a record whose snapshot is gone is a miss).
+ *
+ * The OCI runtime is probed once, on the first exec (`probeRuntime`, state in
+ * `<root>/runtime`), unless one is given. Op state (bundles, cache mounts,
+ * local checksum cache) lives in `<root>/ops`.
+ */
+import { rm } from 'node:fs/promises';
+import path from 'node:path';
+import { errNotFound, isKilnError } from '../core/errors.ts';
+import type { Core } from '../core/metadata/index.ts';
+import { unmountAll } from '../core/mount/mount.ts';
+import { type OciRuntime, probeRuntime } from '../core/runtime/runtime.ts';
+import type { Definition, Op as OpPb } from '../gen/kiln/llb/v1/llb_pb.ts';
+import { parseDefinition } from '../llb/definition.ts';
+import { ContentChecksums } from '../ops/checksum.ts';
+import type { ImageResolver, OpEnv, Sessions } from '../ops/env.ts';
+import { summarizeArgs } from '../ops/exec.ts';
+import { describeAction } from '../ops/file.ts';
+import { resolveLlbOp } from '../ops/index.ts';
+import { LABEL_RESULT, SCRATCH, SnapshotRef } from '../ops/refs.ts';
+import { type CacheManager, SqliteCacheManager } from '../solver/cache.ts';
+import type { ProgressSink } from '../solver/progress.ts';
+import { Solver } from '../solver/solver.ts';
+import type { Edge, Op, ResolveOp, Result, Vertex } from '../solver/types.ts';
+
+export interface WorkerOptions {
+  core: Core;
+  /** The OCI runtime; probed on first use when absent. */
+  runtime?: OciRuntime;
+  sessions?: Partial<Sessions>;
+  images?: ImageResolver;
+  /** Cache index; default a SqliteCacheManager in the core root. */
+  cache?: CacheManager;
+  /** Execs at once; default the solver's. */
+  parallelism?: number;
+}
+
+/** What a worker vertex carries in `sys`. */
+export interface LlbVertexSys {
+  readonly op: OpPb;
+}
+
+/** A readable name for an op when it has no custom name. */
+export function opSummary(op: OpPb): string {
+  switch (op.op.case) {
+    case 'source':
+      return op.op.value.identifier;
+    case 'exec':
+      return `exec ${summarizeArgs(op.op.value.meta?.args ?? [])}`;
+    case 'file':
+      return op.op.value.actions.map(describeAction).join(', ');
+    case 'merge':
+      return `merge (${op.op.value.inputs.length} inputs)`;
+    case 'diff':
+      return 'diff';
+    default:
+      return String(op.op.case);
+  }
+}
+
+export class Worker {
+  readonly core: Core;
+  readonly sessions: Sessions;
+  readonly solver: Solver;
+  readonly cache: CacheManager;
+  readonly env: OpEnv;
+  readonly resolveOp: ResolveOp;
+  #runtime: Promise<OciRuntime> | undefined;
+
+  constructor(opts: WorkerOptions) {
+    this.core = opts.core;
+    this.sessions = { locals: {}, secrets: {}, ...opts.sessions };
+    if (opts.runtime) this.#runtime = Promise.resolve(opts.runtime);
+    const checksums = new ContentChecksums(this.core);
+    this.env = {
+      core: this.core,
+      sessions: this.sessions,
+      runtime: () => this.runtime(),
+      ...(opts.images ? { images: opts.images } : {}),
+      checksums,
+      stateDir: path.join(this.core.root, 'ops'),
+    };
+    this.resolveOp = (vertex: Vertex): Op => {
+      const sys = vertex.sys as LlbVertexSys;
+      return resolveLlbOp(this.env, sys.op, vertex.digest);
+    };
+    this.cache =
+      opts.cache ?? new SqliteCacheManager({ root: this.core.root, exists: (id) => this.#exists(id) });
+    this.solver = new Solver({
+      resolveOp: this.resolveOp,
+      cache: this.cache,
+      loadResult: (id) => this.loadResult(id),
+      ...(opts.parallelism !== undefined ? { parallelism: opts.parallelism } : {}),
+    });
+  }
+
+  runtime(): Promise<OciRuntime> {
+    this.#runtime ??= probeRuntime({ stateDir: path.join(this.core.root, 'runtime') }).then((r) => r.runtime);
+    this.#runtime.catch(() => {
+      this.#runtime = undefined;
+    });
+    return this.#runtime;
+  }
+
+  async #exists(id: string): Promise<boolean> {
+    try {
+      const info = await (await this.core.snapshotter()).stat(id);
+      return info.kind === 'committed';
+    } catch (err) {
+      if (isKilnError(err, 'NotFound')) return false;
+      throw err;
+    }
+  }
+
+  /** A handle on the committed snapshot `id` (a cache index entry). */
+  async loadResult(id: string): Promise<Result> {
+    if (!(await this.#exists(id)))
+      throw errNotFound(`load result "${id}": no committed snapshot of that name`);
+    return new SnapshotRef(id);
+  }
+
+  /**
+   * Solver vertices for a definition; returns the edge of its output, or
+   * undefined for an empty definition (scratch).
+   */
+  loadDefinition(def: Definition): Edge | undefined {
+    const graph = parseDefinition(def);
+    if (!graph.output) return undefined;
+    const built = new Map<string, Vertex>();
+    for (const v of graph.vertices) {
+      const desc = v.metadata?.description ?? {};
+      const vertex: Vertex = {
+        digest: v.digest,
+        inputs: v.op.inputs.map((i) => ({ vertex: built.get(i.digest)!, index: i.index })),
+        name: desc['llb.customname'] || opSummary(v.op),
+        options: {
+          ...(v.metadata?.ignoreCache ? { ignoreCache: true } : {}),
+          ...(Object.keys(desc).length > 0 ? { description: { ...desc } } : {}),
+        },
+        sys: { op: v.op } satisfies LlbVertexSys,
+      };
+      built.set(v.digest, vertex);
+    }
+    return { vertex: built.get(graph.output.digest)!, index: graph.output.index };
+  }
+
+  /** Solves a definition; the caller releases the result (SCRATCH for an empty definition). */
+  async solveDefinition(
+    def: Definition,
+    opts: { signal?: AbortSignal; progress?: ProgressSink } = {},
+  ): Promise<Result> {
+    const edge = this.loadDefinition(def);
+    if (!edge) return SCRATCH;
+    return this.solver.solve(edge, opts);
+  }
+
+  /**
+   * Prunes the build cache: deletes cache records last used more than
+   * `olderThanMs` ago (default 0: all), then removes every op result
+   * snapshot (label `kiln.io/result`) that no remaining record names and
+   * that has no children, repeating until nothing more can go (a result that
+   * is the parent of a kept one stays). Results held by a running solve
+   * must not be pruned: call it when no solve is in progress. Returns the
+   * removed snapshot names; disk space returns at the next `core.gc()`.
+   */
+  async prune(opts: { olderThanMs?: number; now?: number } = {}): Promise<string[]> {
+    const cutoff = (opts.now ?? Date.now()) - (opts.olderThanMs ?? 0);
+    const keep = new Set<string>();
+    for (const rec of await this.cache.list()) {
+      if (rec.lastUsedAt <= cutoff) await this.cache.delete(rec.key);
+      else for (const id of rec.results) keep.add(id);
+    }
+    const sn = await this.core.snapshotter();
+    const removed: string[] = [];
+    for (;;) {
+      const candidates: string[] = [];
+      const parents = new Set<string>();
+      await sn.walk((info) => {
+        if (info.parent) parents.add(info.parent);
+        if (info.kind === 'committed' && info.labels[LABEL_RESULT] !== undefined && !keep.has(info.name)) {
+          candidates.push(info.name);
+        }
+      });
+      const leaves = candidates.filter((n) => !parents.has(n));
+      if (leaves.length === 0) break;
+      for (const name of leaves) {
+        await sn.remove(name);
+        await this.cache.deleteResult(name);
+        removed.push(name);
+      }
+    }
+    return removed;
+  }
+
+  /**
+   * Startup recovery for a state directory this process owns (call it while
+   * holding the root's lock, before solving): unmounts and deletes exec
+   * bundles left by a crashed process (their secret tmpfs included) and stale
+   * runtime containers. Temp mounts and half-made snapshots are the core's
+   * recovery.
+   */
+  async recover(): Promise<void> {
+    const bundles = path.join(this.env.stateDir, 'bundles');
+    await unmountAll(bundles).catch(() => {});
+    await rm(bundles, { recursive: true, force: true });
+    if (this.#runtime) await (await this.#runtime).cleanupStale().catch(() => {});
+  }
+
+  close(): void {
+    this.cache.close();
+  }
+}
