@@ -1,0 +1,386 @@
+/**
+ * Layers of a committed snapshot chain: `snapshotLayers(core, name, opts)`
+ * returns one entry per snapshot of the chain, root first, each with the
+ * layer blob (in the namespace's content store) that turns its parent's tree
+ * into its own, or `empty` when the snapshot changed nothing.
+ *
+ * For each snapshot, in this order:
+ * 1. a blob this module computed before: the snapshot label
+ *    `containerd.io/gc.ref.content.kiln.layer.<compression>[.sde-<epoch>]`
+ *    = blob digest (a GC reference too, so the blob lives as long as the
+ *    snapshot and later exports reuse it). Without `forceCompression` a blob
+ *    of another compression is reused as is (as BuildKit does), the
+ *    requested compression first; Docker media types never take zstd.
+ * 2. for a snapshot made by unpack (label `containerd.io/snapshot.ref`), the
+ *    image layer blob it came from: a blob of the namespace labelled
+ *    `containerd.io/uncompressed` = the snapshot's diff ID (base layers are
+ *    never rewritten, also not under SOURCE_DATE_EPOCH). With
+ *    `forceCompression`, a reused blob of another compression is
+ *    recompressed (decompress + compress, no tree walk).
+ * 3. otherwise `compare` (../core/diff) between read-only views of the parent
+ *    and of the snapshot. With the overlayfs driver the view of a snapshot is
+ *    an overlay whose first lowerdir is the snapshot's own directory (its
+ *    former upperdir); that directory is handed to compare as the upperdir
+ *    of an (unmounted) overlay over the parent's layers, so the overlay fast
+ *    path reads just the snapshot's own directory. A snapshot without parent,
+ *    or other drivers, take the generic two-tree walk. `sourceDateEpoch`
+ *    clamps mtimes. The result is recorded as in (1).
+ *
+ * Independent layers are computed in parallel, at most `concurrency` at a
+ * time (default: the number of CPUs). Blobs and views are held by a lease
+ * (the caller's, else a temporary one deleted at the end, after which only
+ * the snapshot labels keep the blobs). An empty layer is one whose tar has
+ * no entries (diff ID of 1024 zero bytes); callers omit it from images.
+ * Limits: the compression level is not part of the reuse key (as in
+ * BuildKit); a snapshot of another namespace is not looked at.
+ */
+import { randomBytes } from 'node:crypto';
+import { availableParallelism } from 'node:os';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import * as zlib from 'node:zlib';
+import type { ContentStore } from '../core/content/types.ts';
+import { type Compression, compare, LABEL_UNCOMPRESSED, LAYER_MEDIA_TYPES } from '../core/diff/index.ts';
+import { type Digest, Digester } from '../core/digest.ts';
+import { errInvalidArgument, isKilnError, wrap } from '../core/errors.ts';
+import type { Descriptor } from '../core/images/types.ts';
+import type { Core, NamespacedSnapshotter, SnapshotterName } from '../core/metadata/index.ts';
+import { escapeOverlayPath, splitLowerdir } from '../core/mount/mount.ts';
+import type { Mount, SnapshotInfo } from '../core/snapshots/types.ts';
+
+/** Label unpack puts on the snapshots it makes (value: the chain ID). */
+export const LABEL_SNAPSHOT_REF = 'containerd.io/snapshot.ref';
+/** Prefix of the snapshot label that links a snapshot to a layer blob Kiln computed. */
+export const LABEL_LAYER_PREFIX = 'containerd.io/gc.ref.content.kiln.layer.';
+/** Diff ID of a layer without entries (a tar of just the end-of-archive blocks). */
+export const EMPTY_LAYER_DIFF_ID: Digest =
+  'sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef';
+
+export interface LayerOptions {
+  snapshotter?: SnapshotterName;
+  /** Default 'gzip'. */
+  compression?: Compression;
+  /** gzip 0..9, zstd 1..22 (defaults of ../core/diff). */
+  level?: number;
+  /** Recompress reused blobs of another compression. Default false. */
+  forceCompression?: boolean;
+  /** Only blobs usable in Docker-media-type manifests (no zstd). Default false. */
+  dockerMediaTypes?: boolean;
+  /** Clamp mtimes of computed layers to this many seconds since the epoch. */
+  sourceDateEpoch?: number;
+  /** Layers computed at once (default: CPU count). */
+  concurrency?: number;
+  /** Lease holding blobs and views; default a temporary one. */
+  lease?: string;
+  signal?: AbortSignal;
+  /** Called once per snapshot when its layer is known. */
+  progress?: (layer: SnapshotLayer) => void;
+}
+
+export interface SnapshotLayer {
+  /** Snapshot name. */
+  snapshot: string;
+  /** The layer blob (annotation `containerd.io/uncompressed` = diffID). */
+  descriptor: Descriptor;
+  diffID: Digest;
+  /** No change against the parent: to be left out of an image. */
+  empty: boolean;
+  /** How the blob was found: 'label' (computed before), 'unpacked' (the image layer), 'computed', 'converted'. */
+  source: 'label' | 'unpacked' | 'computed' | 'converted';
+}
+
+const COMPRESSIONS: readonly Compression[] = ['gzip', 'zstd', 'none'];
+
+function compressionOf(mediaType: string): Compression | undefined {
+  if (mediaType.endsWith('+gzip') || mediaType.endsWith('.tar.gzip')) return 'gzip';
+  if (mediaType.endsWith('+zstd')) return 'zstd';
+  if (mediaType.endsWith('.tar')) return 'none';
+  return undefined;
+}
+
+function compressionOfBytes(head: Uint8Array): Compression {
+  if (head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
+  if (head[0] === 0x28 && head[1] === 0xb5 && head[2] === 0x2f && head[3] === 0xfd) return 'zstd';
+  return 'none';
+}
+
+/** The label key linking a snapshot to its computed layer of `compression`. */
+export function layerLabel(compression: Compression, sourceDateEpoch?: number): string {
+  return `${LABEL_LAYER_PREFIX}${compression}${sourceDateEpoch === undefined ? '' : `.sde-${sourceDateEpoch}`}`;
+}
+
+/** Returns `run(fn)`, which runs at most `n` functions at a time. */
+function limiter(n: number): <T>(fn: () => Promise<T>) => Promise<T> {
+  let active = 0;
+  const waiting: (() => void)[] = [];
+  return async <T>(fn: () => Promise<T>): Promise<T> => {
+    while (active >= n) await new Promise<void>((r) => waiting.push(r));
+    active++;
+    try {
+      return await fn();
+    } finally {
+      active--;
+      waiting.shift()?.();
+    }
+  };
+}
+
+/** The chain of committed snapshots ending at `name`, root first. */
+export async function snapshotChain(sn: NamespacedSnapshotter, name: string): Promise<SnapshotInfo[]> {
+  const out: SnapshotInfo[] = [];
+  let cur: string | undefined = name;
+  const seen = new Set<string>();
+  while (cur !== undefined) {
+    if (seen.has(cur)) throw errInvalidArgument(`walk snapshot chain of "${name}": cycle at "${cur}"`);
+    seen.add(cur);
+    const info = await sn.stat(cur);
+    if (info.kind !== 'committed') {
+      throw errInvalidArgument(`export snapshot "${name}": "${cur}" is ${info.kind}, not committed`);
+    }
+    out.push(info);
+    cur = info.parent;
+  }
+  return out.reverse();
+}
+
+async function blobInfo(
+  store: ContentStore,
+  digest: string,
+): Promise<{ size: number; diffID?: Digest } | undefined> {
+  try {
+    const info = await store.info(digest as Digest);
+    const diffID = info.labels[LABEL_UNCOMPRESSED] as Digest | undefined;
+    return diffID ? { size: info.size, diffID } : { size: info.size };
+  } catch (err) {
+    if (isKilnError(err, 'NotFound')) return undefined;
+    throw err;
+  }
+}
+
+async function firstBytes(store: ContentStore, digest: Digest): Promise<Uint8Array> {
+  for await (const c of store.read(digest, { start: 0, end: 4 })) return c;
+  return new Uint8Array();
+}
+
+function layerDesc(compression: Compression, digest: Digest, size: number, diffID: Digest): Descriptor {
+  return {
+    mediaType: LAYER_MEDIA_TYPES[compression],
+    digest,
+    size,
+    annotations: { [LABEL_UNCOMPRESSED]: diffID },
+  };
+}
+
+/** Order in which existing blobs of each compression are acceptable. */
+function acceptable(opts: LayerOptions): Compression[] {
+  const want = opts.compression ?? 'gzip';
+  if (opts.forceCompression) return [want];
+  return [want, ...COMPRESSIONS.filter((c) => c !== want)].filter(
+    (c) => !(opts.dockerMediaTypes && c === 'zstd'),
+  );
+}
+
+/** Recompresses `desc`'s blob to `compression`; returns the new descriptor. */
+async function convert(
+  store: ContentStore,
+  desc: Descriptor,
+  diffID: Digest,
+  opts: LayerOptions,
+): Promise<Descriptor> {
+  const compression = opts.compression ?? 'gzip';
+  const from = compressionOfBytes(await firstBytes(store, desc.digest));
+  const ref = `convert-${randomBytes(8).toString('hex')}`;
+  const w = await store.writer({ ref, ...(opts.signal ? { signal: opts.signal } : {}) });
+  const d = new Digester();
+  const stages: (NodeJS.ReadableStream | NodeJS.ReadWriteStream)[] = [Readable.from(store.read(desc.digest))];
+  if (from === 'gzip') stages.push(zlib.createGunzip());
+  if (from === 'zstd') stages.push(zlib.createZstdDecompress());
+  if (compression === 'gzip') stages.push(zlib.createGzip({ level: opts.level ?? 6 }));
+  if (compression === 'zstd') {
+    stages.push(
+      zlib.createZstdCompress({ params: { [zlib.constants.ZSTD_c_compressionLevel]: opts.level ?? 3 } }),
+    );
+  }
+  try {
+    // pipeline's typed overloads do not cover a list of stages built at run time.
+    const run = pipeline as unknown as (...streams: unknown[]) => Promise<void>;
+    await run(...stages, async (src: AsyncIterable<Buffer>) => {
+      for await (const c of src) {
+        d.update(c);
+        await w.write(c);
+      }
+    });
+    const digest = d.digest();
+    try {
+      await w.commit({ size: d.size, expected: digest, labels: { [LABEL_UNCOMPRESSED]: diffID } });
+    } catch (err) {
+      if (!isKilnError(err, 'AlreadyExists')) throw err;
+    }
+    return layerDesc(compression, digest, d.size, diffID);
+  } catch (err) {
+    await store.abort(ref).catch(() => {});
+    throw wrap(err, `recompress layer ${desc.digest} to ${compression}`);
+  } finally {
+    await w.close().catch(() => {});
+  }
+}
+
+/** A blob found through the snapshot's labels (rules 1 and 2 of the module comment). */
+async function knownBlob(
+  store: ContentStore,
+  info: SnapshotInfo,
+  opts: LayerOptions,
+): Promise<{ desc: Descriptor; diffID: Digest; source: SnapshotLayer['source'] } | undefined> {
+  const order = acceptable(opts);
+  for (const c of order) {
+    const digest = info.labels[layerLabel(c, opts.sourceDateEpoch)];
+    if (!digest) continue;
+    const b = await blobInfo(store, digest);
+    if (b?.diffID)
+      return { desc: layerDesc(c, digest as Digest, b.size, b.diffID), diffID: b.diffID, source: 'label' };
+  }
+  const unpackedDiffID = info.labels[LABEL_SNAPSHOT_REF]
+    ? (info.labels[LABEL_UNCOMPRESSED] as Digest)
+    : undefined;
+  if (!unpackedDiffID) return undefined;
+  const found = new Map<Compression, Descriptor>();
+  await store.walk(
+    async (bi) => {
+      const c = compressionOfBytes(await firstBytes(store, bi.digest));
+      if (!found.has(c)) found.set(c, layerDesc(c, bi.digest, bi.size, unpackedDiffID));
+    },
+    [`labels.${LABEL_UNCOMPRESSED}==${unpackedDiffID}`],
+  );
+  // The uncompressed layer itself may be stored without the label.
+  if (!found.has('none')) {
+    const b = await blobInfo(store, unpackedDiffID);
+    if (b) found.set('none', layerDesc('none', unpackedDiffID, b.size, unpackedDiffID));
+  }
+  for (const c of order) {
+    const d = found.get(c);
+    if (d) return { desc: d, diffID: unpackedDiffID, source: 'unpacked' };
+  }
+  const any = [...found.values()][0];
+  if (any && opts.forceCompression) {
+    return {
+      desc: await convert(store, any, unpackedDiffID, opts),
+      diffID: unpackedDiffID,
+      source: 'converted',
+    };
+  }
+  return undefined;
+}
+
+/**
+ * The upper mounts to hand to compare: for an overlay view (no upperdir, the
+ * snapshot's own directory first among the lowerdirs), an unmounted overlay
+ * with that directory as upperdir, so compare's fast path applies.
+ * Exported for tests.
+ */
+export function fastUpper(view: Mount[]): Mount[] {
+  if (view.length !== 1 || view[0]!.type !== 'overlay') return view;
+  const opts = view[0]!.options;
+  if (opts.some((o) => o.startsWith('upperdir=') || o.startsWith('lowerdir+='))) return view;
+  const lo = opts.find((o) => o.startsWith('lowerdir='));
+  if (!lo) return view;
+  const dirs = splitLowerdir(lo.slice('lowerdir='.length)).filter((d) => d !== '');
+  if (dirs.length < 2) return view;
+  return [
+    {
+      type: 'overlay',
+      source: 'overlay',
+      options: [
+        'index=off',
+        `upperdir=${escapeOverlayPath(dirs[0]!)}`,
+        `lowerdir=${dirs.slice(1).map(escapeOverlayPath).join(':')}`,
+      ],
+    },
+  ];
+}
+
+async function computeLayer(
+  sn: NamespacedSnapshotter,
+  store: ContentStore,
+  info: SnapshotInfo,
+  opts: LayerOptions,
+): Promise<Descriptor> {
+  const tag = randomBytes(6).toString('hex');
+  const made: string[] = [];
+  try {
+    let lower: Mount[] = [];
+    if (info.parent !== undefined) {
+      const k = `export-${tag}-lower`;
+      lower = await sn.view(k, info.parent);
+      made.push(k);
+    }
+    const k = `export-${tag}-upper`;
+    const upper = await sn.view(k, info.name);
+    made.push(k);
+    const desc = await compare(lower, info.parent === undefined ? upper : fastUpper(upper), store, {
+      compression: opts.compression ?? 'gzip',
+      ...(opts.level !== undefined ? { level: opts.level } : {}),
+      ...(opts.sourceDateEpoch !== undefined ? { sourceDateEpoch: opts.sourceDateEpoch } : {}),
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    });
+    return desc;
+  } finally {
+    for (const k of made.reverse()) await sn.remove(k).catch(() => {});
+  }
+}
+
+/** The layers of the chain ending at committed snapshot `name` (see the module comment). */
+export async function snapshotLayers(
+  core: Core,
+  name: string,
+  opts: LayerOptions = {},
+): Promise<SnapshotLayer[]> {
+  const compression = opts.compression ?? 'gzip';
+  if (!COMPRESSIONS.includes(compression)) {
+    throw errInvalidArgument(`export layers of "${name}": unknown compression "${compression}"`);
+  }
+  if (opts.dockerMediaTypes && compression === 'zstd') {
+    throw errInvalidArgument(`export layers of "${name}": zstd compression needs OCI media types`);
+  }
+  const temporary = opts.lease === undefined;
+  const lease =
+    opts.lease ?? core.leases.create({ ttlMs: 3_600_000, labels: { 'kiln.dev/purpose': 'export' } }).id;
+  try {
+    const base = await core.snapshotter(opts.snapshotter);
+    const sn = base.withLease(lease);
+    const store = core.content.withLease(lease);
+    const chain = await snapshotChain(base, name);
+    const limit = limiter(Math.max(1, opts.concurrency ?? availableParallelism()));
+    const tasks = chain.map((info) =>
+      limit(async (): Promise<SnapshotLayer> => {
+        opts.signal?.throwIfAborted();
+        try {
+          let found = await knownBlob(store, info, opts);
+          if (!found) {
+            const desc = await computeLayer(sn, store, info, opts);
+            const diffID = desc.annotations![LABEL_UNCOMPRESSED] as Digest;
+            const key = layerLabel(compressionOf(desc.mediaType) ?? compression, opts.sourceDateEpoch);
+            await base.update({ name: info.name, labels: { [key]: desc.digest } }, [`labels.${key}`]);
+            found = { desc, diffID, source: 'computed' };
+          }
+          const layer: SnapshotLayer = {
+            snapshot: info.name,
+            descriptor: found.desc,
+            diffID: found.diffID,
+            empty: found.diffID === EMPTY_LAYER_DIFF_ID,
+            source: found.source,
+          };
+          opts.progress?.(layer);
+          return layer;
+        } catch (err) {
+          throw wrap(err, `export layer of snapshot "${info.name}"`);
+        }
+      }),
+    );
+    const settled = await Promise.allSettled(tasks);
+    const failed = settled.find((r) => r.status === 'rejected');
+    if (failed) throw (failed as PromiseRejectedResult).reason;
+    return settled.map((r) => (r as PromiseFulfilledResult<SnapshotLayer>).value);
+  } finally {
+    if (temporary) core.leases.delete(lease);
+  }
+}

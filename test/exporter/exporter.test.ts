@@ -1,0 +1,401 @@
+/**
+ * The exporters on a real build result (a committed overlayfs snapshot chain
+ * made here, see ./fixtures.ts) against real peers: the image store (chain
+ * snapshots `kiln run` uses), oci-image-tool and umoci on the OCI layout,
+ * `docker load` + `docker run` on the docker-archive, docker-registry +
+ * `docker pull` + `docker run` on a push, GNU tar and the tree itself for
+ * local and tar outputs. Also: layer reuse (a second export computes
+ * nothing), SOURCE_DATE_EPOCH (two independent builds of the same inputs
+ * give the same manifest digest), history/layer consistency with an empty
+ * step.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { lstat, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { after, before, describe, test } from 'node:test';
+import type { Digest } from '../../src/core/digest.ts';
+import { chainIDs } from '../../src/core/images/unpack.ts';
+import {
+  type ImageConfig,
+  type Manifest,
+  parseImageConfig,
+  parseManifest,
+} from '../../src/core/images/types.ts';
+import { type Core, openCore } from '../../src/core/metadata/index.ts';
+import { setTempMountRoot } from '../../src/core/mount/mount.ts';
+import {
+  buildImage,
+  EMPTY_LAYER_DIFF_ID,
+  exportResult,
+  parseOutputSpec,
+  type SnapshotLayer,
+} from '../../src/exporter/index.ts';
+import { busyboxRootfs, listTree, type Registry, startRegistry } from '../core/fixtures/images.ts';
+import { chainConfig, docker, dockerAvailable, execFileP, makeChain, snapshotTree } from './fixtures.ts';
+
+const repo = join(import.meta.dirname, '../..');
+
+async function readBlob(core: Core, digest: Digest): Promise<Buffer> {
+  const parts: Uint8Array[] = [];
+  for await (const c of core.content.read(digest)) parts.push(c);
+  return Buffer.concat(parts);
+}
+
+void describe('exporters on a built snapshot chain', () => {
+  let work: string;
+  let core: Core;
+  let rootfs: string;
+  let result: string;
+  let tree: string[];
+  let firstLayers: SnapshotLayer[] = [];
+  let haveDocker = false;
+  const dockerImages: string[] = [];
+  const tag = randomBytes(4).toString('hex');
+
+  before(async () => {
+    work = await mkdtemp(join(tmpdir(), 'kiln-exporter-'));
+    setTempMountRoot(join(work, 'mounts'));
+    rootfs = await busyboxRootfs(join(work, 'rootfs'));
+    core = await openCore({ root: join(work, 'state'), namespace: 'exp' });
+    result = await makeChain(core, rootfs);
+    tree = await snapshotTree(core, result);
+    haveDocker = await dockerAvailable();
+  });
+
+  after(async () => {
+    for (const img of dockerImages) await docker(['rmi', '-f', img]).catch(() => {});
+    await core?.close();
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  void test('image exporter: record, manifest, config and history agree; rootfs under its chain ID', async () => {
+    const seen: SnapshotLayer[] = [];
+    const [res] = await exportResult(core, {
+      snapshot: result,
+      config: chainConfig(),
+      outputs: [parseOutputSpec('type=image,name=kiln-test/app:1')],
+      progress: (l) => seen.push(l),
+    });
+    firstLayers = seen;
+    assert.deepEqual(
+      seen.map((l) => l.source).sort(),
+      ['computed', 'computed', 'computed', 'computed'],
+      'every layer computed once',
+    );
+    const empty = seen.filter((l) => l.empty);
+    assert.deepEqual(
+      empty.map((l) => [l.snapshot, l.diffID]),
+      [['step2', EMPTY_LAYER_DIFF_ID]],
+    );
+    const img = core.images.get('docker.io/kiln-test/app:1');
+    assert.equal(img.target.digest, res!.manifest!.digest);
+    const manifest = parseManifest(await readBlob(core, img.target.digest));
+    const config = parseImageConfig(await readBlob(core, manifest.config.digest));
+    assert.equal(manifest.mediaType, 'application/vnd.oci.image.manifest.v1+json');
+    assert.equal(manifest.layers.length, 3);
+    for (const l of manifest.layers) {
+      assert.equal(l.mediaType, 'application/vnd.oci.image.layer.v1.tar+gzip');
+      assert.equal(l.annotations, undefined);
+    }
+    // diff_ids: the non-empty layers, root first
+    const byName = new Map(seen.map((l) => [l.snapshot, l]));
+    assert.deepEqual(
+      config.rootfs.diff_ids,
+      ['base', 'step1', 'step3'].map((n) => byName.get(n)!.diffID),
+    );
+    // history: the empty RUN became empty_layer; non-empty entries = layers
+    const hist = config.history!;
+    assert.equal(hist.length, 5);
+    assert.deepEqual(
+      hist.map((h) => h.empty_layer === true),
+      [false, false, true, true, false],
+    );
+    assert.equal(hist.filter((h) => !h.empty_layer).length, manifest.layers.length);
+    assert.ok(config.created && hist.every((h) => h.created === config.created));
+    // GC labels on the manifest, snapshot link on the config
+    const minfo = await core.content.info(img.target.digest);
+    assert.equal(minfo.labels['containerd.io/gc.ref.content.config'], manifest.config.digest);
+    manifest.layers.forEach((l, i) => {
+      assert.equal(minfo.labels[`containerd.io/gc.ref.content.l.${i}`], l.digest);
+    });
+    const top = chainIDs(config.rootfs.diff_ids).at(-1)!;
+    const cinfo = await core.content.info(manifest.config.digest);
+    assert.equal(cinfo.labels['containerd.io/gc.ref.snapshot.overlayfs'], top);
+    // the rootfs `kiln run` would use (named by chain ID) is the result's tree
+    assert.deepEqual(await snapshotTree(core, top), tree);
+    // and `kiln run` runs it (without unpacking again)
+    const run = await execFileP(join(repo, 'bin/kiln'), [
+      '--root',
+      join(work, 'state'),
+      '-n',
+      'exp',
+      'run',
+      '--rm',
+      'kiln-test/app:1',
+      'sh',
+      '-c',
+      'cat /hello.txt /data/b; test -e /bin/vi || echo no vi',
+    ]);
+    assert.equal(run.stdout, 'hello from kiln\nshared bytes\nno vi\n');
+    // GC keeps all of it: the image holds manifest → config → chain snapshots
+    await core.gc();
+    await core.content.info(manifest.layers[2]!.digest);
+    assert.deepEqual(await snapshotTree(core, top), tree);
+  });
+
+  void test('a second export reuses every layer (none computed); another compression is reused unless forced', async () => {
+    const seen: SnapshotLayer[] = [];
+    const built = await buildImage(core, {
+      snapshot: result,
+      config: chainConfig(),
+      progress: (l) => seen.push(l),
+    });
+    try {
+      assert.deepEqual(
+        seen.map((l) => l.source),
+        ['label', 'label', 'label', 'label'],
+      );
+      assert.deepEqual(
+        built.layers.map((l) => l.descriptor.digest),
+        ['base', 'step1', 'step3'].map((n) => firstLayers.find((l) => l.snapshot === n)!.descriptor.digest),
+      );
+    } finally {
+      core.leases.delete(built.lease);
+    }
+    // another compression is reused as is unless forced
+    const seen2: SnapshotLayer[] = [];
+    const z = await buildImage(core, {
+      snapshot: result,
+      config: chainConfig(),
+      compression: 'zstd',
+      progress: (l) => seen2.push(l),
+    });
+    core.leases.delete(z.lease);
+    assert.deepEqual(
+      z.manifest.layers.map((l) => l.mediaType),
+      [
+        'application/vnd.oci.image.layer.v1.tar+gzip',
+        'application/vnd.oci.image.layer.v1.tar+gzip',
+        'application/vnd.oci.image.layer.v1.tar+gzip',
+      ],
+    );
+    const z2 = await buildImage(core, {
+      snapshot: result,
+      config: chainConfig(),
+      compression: 'zstd',
+      forceCompression: true,
+    });
+    core.leases.delete(z2.lease);
+    assert.deepEqual(
+      z2.manifest.layers.map((l) => l.mediaType),
+      Array(3).fill('application/vnd.oci.image.layer.v1.tar+zstd'),
+    );
+    assert.deepEqual(
+      z2.config.rootfs.diff_ids,
+      z.config.rootfs.diff_ids,
+      'same diff IDs whatever the compression',
+    );
+  });
+
+  void test('oci exporter: oci-image-tool validates the layout; umoci unpacks the same tree (deletions applied)', async () => {
+    const out = join(work, 'oci.tar');
+    const [res] = await exportResult(core, {
+      snapshot: result,
+      config: chainConfig(),
+      outputs: [parseOutputSpec(`type=oci,dest=${out},name=kiln-test/app:oci`)],
+    });
+    const dir = join(work, 'oci');
+    await mkdir(dir);
+    await execFileP('tar', ['-xf', out, '-C', dir]);
+    const index = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8')) as {
+      manifests: { digest: string; annotations: Record<string, string> }[];
+    };
+    assert.equal(index.manifests.length, 1);
+    assert.equal(index.manifests[0]!.digest, res!.manifest!.digest);
+    assert.deepEqual(index.manifests[0]!.annotations, {
+      'io.containerd.image.name': 'docker.io/kiln-test/app:oci',
+      'org.opencontainers.image.ref.name': 'oci',
+    });
+    await execFileP('oci-image-tool', ['validate', '--type', 'image', '--ref', 'name=oci', dir]);
+    const bundle = join(work, 'bundle');
+    await execFileP('umoci', ['unpack', '--image', `${dir}:oci`, bundle]);
+    const got = await listTree(join(bundle, 'rootfs'));
+    assert.deepEqual(got, tree);
+    assert.ok(!got.some((l) => l.startsWith('bin/vi ')), 'bin/vi deleted');
+    assert.ok(got.some((l) => l.startsWith('data/suid f 4755 1000:1000 ')));
+  });
+
+  void test('docker exporter: docker load accepts it and docker run runs it', async (t) => {
+    if (!haveDocker) {
+      t.skip('docker daemon not available (docker info failed)');
+      return;
+    }
+    const out = join(work, 'docker.tar');
+    const name = `kiln-exporter-test/docker:${tag}`;
+    dockerImages.push(name);
+    const [res] = await exportResult(core, {
+      snapshot: result,
+      config: chainConfig(),
+      outputs: [parseOutputSpec(`type=docker,dest=${out},name=${name}`)],
+    });
+    const loaded = await docker(['load', '-i', out]);
+    assert.match(loaded, new RegExp(`Loaded image: ${name}`));
+    const id = (await docker(['image', 'inspect', '--format', '{{.Id}}', name])).trim();
+    assert.equal(id, res!.config!.digest, 'docker image ID = config digest');
+    assert.equal(
+      await docker(['run', '--rm', '--network', 'none', name, 'cat', '/hello.txt']),
+      'hello from kiln\n',
+    );
+    assert.equal(
+      await docker([
+        'run',
+        '--rm',
+        '--network',
+        'none',
+        name,
+        'sh',
+        '-c',
+        'test -e /bin/vi || echo gone; cat /data/b; /app/run.sh',
+      ]),
+      'gone\nshared bytes\nrun\n',
+    );
+  });
+
+  void describe('registry exporter', () => {
+    let reg: Registry;
+    before(async () => {
+      reg = await startRegistry(join(work, 'reg'));
+    });
+    after(async () => {
+      await reg?.stop();
+    });
+
+    void test('a pushed image is pulled and run by docker', async (t) => {
+      const ref = `${reg.host}/kiln/app:${tag}`;
+      const [res] = await exportResult(core, {
+        snapshot: result,
+        config: chainConfig(),
+        outputs: [parseOutputSpec(`type=registry,name=${ref}`)],
+        remote: { retries: 1, backoffMs: 10 },
+      });
+      assert.deepEqual(res!.pushed, [`${reg.host}/kiln/app:${tag}`]);
+      const r = await fetch(`http://${reg.host}/v2/kiln/app/manifests/${tag}`, {
+        headers: { accept: 'application/vnd.oci.image.manifest.v1+json' },
+      });
+      assert.equal(r.status, 200);
+      assert.equal(r.headers.get('docker-content-digest'), res!.manifest!.digest);
+      const m = (await r.json()) as Manifest;
+      assert.equal(m.layers.length, 3);
+      if (!haveDocker) {
+        t.skip('docker daemon not available (docker info failed)');
+        return;
+      }
+      dockerImages.push(ref);
+      await docker(['pull', '-q', ref]);
+      assert.equal(
+        await docker(['run', '--rm', '--network', 'none', ref, 'cat', '/hello.txt']),
+        'hello from kiln\n',
+      );
+    });
+  });
+
+  void test('local exporter copies the tree (modes, owners, hard links, xattrs, fifo)', async () => {
+    const dest = join(work, 'local');
+    await exportResult(core, {
+      snapshot: result,
+      config: chainConfig(),
+      outputs: [parseOutputSpec(`type=local,dest=${dest}`)],
+    });
+    assert.deepEqual(await listTree(dest), tree);
+    const a = await lstat(join(dest, 'data/a'));
+    const b = await lstat(join(dest, 'data/b'));
+    assert.equal(a.ino, b.ino, 'hard link kept');
+    const { stdout } = await execFileP('getfattr', [
+      '--only-values',
+      '-n',
+      'user.kiln',
+      join(dest, 'data/a'),
+    ]);
+    assert.equal(stdout, 'exported');
+  });
+
+  void test('tar exporter: GNU tar extracts the tree; stdout gives the same bytes; SOURCE_DATE_EPOCH clamps mtimes', async () => {
+    const out = join(work, 'fs.tar');
+    await exportResult(core, {
+      snapshot: result,
+      config: chainConfig(),
+      outputs: [parseOutputSpec(`type=tar,dest=${out}`)],
+    });
+    const dir = join(work, 'fs');
+    await mkdir(dir);
+    await execFileP('tar', ['--numeric-owner', '-xpf', out, '-C', dir]);
+    assert.deepEqual(await listTree(dir), tree);
+    const sink = new PassThrough();
+    const parts: Buffer[] = [];
+    sink.on('data', (c: Buffer) => parts.push(c));
+    await exportResult(core, {
+      snapshot: result,
+      config: chainConfig(),
+      outputs: [parseOutputSpec('-')],
+      stdout: sink,
+    });
+    assert.ok(Buffer.concat(parts).equals(await readFile(out)));
+    const clamped = join(work, 'fs-sde.tar');
+    await exportResult(core, {
+      snapshot: result,
+      config: chainConfig(),
+      outputs: [parseOutputSpec(`type=tar,dest=${clamped}`)],
+      sourceDateEpoch: 1000,
+    });
+    const { stdout } = await execFileP('tar', ['--full-time', '-tvf', clamped]);
+    const times = new Set(
+      stdout
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => l.split(/\s+/).slice(3, 5).join(' ')),
+    );
+    assert.deepEqual([...times], ['1970-01-01 00:16:40']);
+  });
+
+  void test('SOURCE_DATE_EPOCH: two independent builds of the same inputs give the same manifest digest', async () => {
+    const other = await openCore({ root: join(work, 'state2'), namespace: 'exp' });
+    try {
+      const second = await makeChain(other, rootfs, 'again-');
+      const out: Digest[] = [];
+      const configs: ImageConfig[] = [];
+      for (const [c, snap] of [
+        [core, result],
+        [other, second],
+      ] as const) {
+        const [r] = await exportResult(c, {
+          snapshot: snap,
+          config: chainConfig(),
+          outputs: [
+            parseOutputSpec('type=image,name=kiln-test/sde:1,unpack=false'),
+            parseOutputSpec(`type=oci,name=kiln-test/sde:1,dest=${join(work, `sde-${out.length}.tar`)}`),
+          ],
+          sourceDateEpoch: 1700000000,
+        });
+        out.push(r!.manifest!.digest);
+        configs.push(parseImageConfig(await readBlob(c, r!.config!.digest)));
+      }
+      assert.equal(out[0], out[1]);
+      assert.ok(
+        (await readFile(join(work, 'sde-0.tar'))).equals(await readFile(join(work, 'sde-1.tar'))),
+        'the OCI tars are byte-identical',
+      );
+      assert.equal(configs[0]!.created, '2023-11-14T22:13:20Z');
+      // without it, the layers of the two builds differ (mtimes), so the epoch is what made them equal
+      const a = await buildImage(core, { snapshot: result, config: chainConfig() });
+      const b = await buildImage(other, { snapshot: second, config: chainConfig() });
+      core.leases.delete(a.lease);
+      other.leases.delete(b.lease);
+      assert.notEqual(a.manifest.layers[1]!.digest, b.manifest.layers[1]!.digest);
+    } finally {
+      await other.close();
+    }
+  });
+});

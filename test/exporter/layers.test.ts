@@ -1,0 +1,243 @@
+/**
+ * Layer computation and image assembly details: the overlay fast path is
+ * taken for committed snapshots and gives the same layer bytes as the
+ * generic walk; a base image made by unpack reuses its image layer blob
+ * (same diff ID and digest, nothing recomputed, its chain snapshot kept);
+ * Docker media types; an empty result; history made consistent with the
+ * layers when the frontend's history has too many or too few entries; and
+ * `-o` parsing with errors that name the bad key.
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { LocalContentStore } from '../../src/core/content/store.ts';
+import { compare, overlayFastPath } from '../../src/core/diff/index.ts';
+import { isKilnError } from '../../src/core/errors.ts';
+import { importImages, unpack } from '../../src/core/images/index.ts';
+import { type Core, openCore } from '../../src/core/metadata/index.ts';
+import { setTempMountRoot } from '../../src/core/mount/mount.ts';
+import {
+  buildImage,
+  parseOutputSpec,
+  type SnapshotLayer,
+  snapshotLayers,
+  sourceDateEpochFrom,
+} from '../../src/exporter/index.ts';
+import { fastUpper } from '../../src/exporter/layers.ts';
+import { makeBusyboxLayout } from '../core/fixtures/busybox-image.ts';
+import { busyboxRootfs } from '../core/fixtures/images.ts';
+import { chainConfig, makeChain, snapshotTree, step } from './fixtures.ts';
+
+void describe('snapshot layers and image assembly', () => {
+  let work: string;
+  let core: Core;
+  let result: string;
+
+  before(async () => {
+    work = await mkdtemp(join(tmpdir(), 'kiln-exporter-layers-'));
+    setTempMountRoot(join(work, 'mounts'));
+    core = await openCore({ root: join(work, 'state'), namespace: 'lay' });
+    result = await makeChain(core, await busyboxRootfs(join(work, 'rootfs')));
+  });
+
+  after(async () => {
+    await core?.close();
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  void test('committed overlay snapshots take the fast path; its layers equal the generic walk byte for byte', async () => {
+    const sn = await core.snapshotter();
+    const other = new LocalContentStore(join(work, 'other-store'));
+    for (const [name, parent] of [
+      ['step1', 'base'],
+      ['step3', 'step2'],
+    ] as const) {
+      const lower = await sn.view(`${name}-lower`, parent);
+      const upper = await sn.view(`${name}-upper`, name);
+      try {
+        assert.equal(overlayFastPath(lower, upper), undefined, 'a plain view is not an upperdir');
+        const ov = overlayFastPath(lower, fastUpper(upper));
+        assert.ok(ov, `fast path for ${name}`);
+        const fast = await compare(lower, fastUpper(upper), other);
+        const slow = await compare(lower, upper, other, { fastPath: false });
+        assert.equal(fast.digest, slow.digest);
+      } finally {
+        await sn.remove(`${name}-upper`);
+        await sn.remove(`${name}-lower`);
+      }
+    }
+  });
+
+  void test('a base made by unpack reuses its image layer; only the new step is computed', async () => {
+    const { layout } = await makeBusyboxLayout(join(work, 'bb'));
+    const [img] = (await importImages(core, layout, { name: 'busybox:latest' })).images;
+    const up = await unpack(core, img!.target);
+    const baseChain = up.chainID!;
+    const before = await (await core.snapshotter()).stat(baseChain);
+    await step(core, 'on-busybox', baseChain, async (dir) => {
+      await writeFile(join(dir, 'added'), 'x\n');
+    });
+    const seen: SnapshotLayer[] = [];
+    const layers = await snapshotLayers(core, 'on-busybox', { progress: (l) => seen.push(l) });
+    assert.deepEqual(
+      layers.map((l) => l.source),
+      ['unpacked', 'computed'],
+    );
+    assert.equal(layers[0]!.descriptor.digest, up.layers[0]!.digest, 'the image layer blob itself');
+    assert.equal(layers[0]!.descriptor.mediaType, 'application/vnd.oci.image.layer.v1.tar');
+    assert.equal(layers[0]!.diffID, up.layers[0]!.diffID);
+    // forced recompression converts the blob (same diff ID), no tree walk
+    const forced = await snapshotLayers(core, 'on-busybox', { forceCompression: true });
+    assert.deepEqual(
+      forced.map((l) => l.source),
+      ['converted', 'label'],
+    );
+    assert.equal(forced[0]!.descriptor.mediaType, 'application/vnd.oci.image.layer.v1.tar+gzip');
+    assert.equal(forced[0]!.diffID, up.layers[0]!.diffID);
+    // exported as an image and unpacked: the base chain snapshot is the same one, the top is the result
+    const cfg = chainConfig();
+    cfg.history = [{ created_by: 'busybox' }, { created_by: 'RUN add' }];
+    const built = await buildImage(core, { snapshot: 'on-busybox', config: cfg });
+    core.leases.delete(built.lease);
+    assert.equal(built.config.rootfs.diff_ids[0], up.layers[0]!.diffID);
+    const res = await unpack(core, built.manifestDesc);
+    assert.equal(res.layers[0]!.unpacked, false);
+    assert.equal(
+      (await (await core.snapshotter()).stat(baseChain)).createdAt.getTime(),
+      before.createdAt.getTime(),
+    );
+    assert.deepEqual(await snapshotTree(core, res.chainID!), await snapshotTree(core, 'on-busybox'));
+  });
+
+  void test('Docker media types; zstd refuses them', async () => {
+    const built = await buildImage(core, { snapshot: result, config: chainConfig(), ociMediaTypes: false });
+    core.leases.delete(built.lease);
+    assert.equal(built.manifest.mediaType, 'application/vnd.docker.distribution.manifest.v2+json');
+    assert.equal(built.manifest.config.mediaType, 'application/vnd.docker.container.image.v1+json');
+    assert.deepEqual(
+      built.manifest.layers.map((l) => l.mediaType),
+      Array(3).fill('application/vnd.docker.image.rootfs.diff.tar.gzip'),
+    );
+    await assert.rejects(
+      buildImage(core, {
+        snapshot: result,
+        config: chainConfig(),
+        ociMediaTypes: false,
+        compression: 'zstd',
+      }),
+      (err: unknown) => isKilnError(err, 'InvalidArgument') && /zstd compression needs OCI/.test(err.message),
+    );
+  });
+
+  void test('an empty result gives an image without layers', async () => {
+    const cfg = chainConfig();
+    cfg.history = [{ created_by: 'ENV A=b', empty_layer: true }];
+    const built = await buildImage(core, { snapshot: undefined, config: cfg, sourceDateEpoch: 0 });
+    core.leases.delete(built.lease);
+    assert.deepEqual(built.manifest.layers, []);
+    assert.deepEqual(built.config.rootfs.diff_ids, []);
+    assert.equal(built.chainID, undefined);
+    assert.equal(built.config.created, '1970-01-01T00:00:00Z');
+  });
+
+  void test('history is made consistent with the layers (too many, too few entries; clamped times)', async () => {
+    const many = chainConfig();
+    many.history = [
+      { created_by: 'a', created: '2001-01-01T00:00:00Z' },
+      { created_by: 'b', created: '2030-01-01T00:00:00Z' },
+      { created_by: 'c' },
+      { created_by: 'd' },
+      { created_by: 'e' },
+      { created_by: 'f' },
+    ];
+    const a = await buildImage(core, { snapshot: result, config: many, sourceDateEpoch: 1700000000 });
+    core.leases.delete(a.lease);
+    assert.deepEqual(
+      a.config.history!.map((h) => [h.created_by, h.empty_layer === true, h.created]),
+      [
+        ['a', false, '2001-01-01T00:00:00Z'],
+        ['b', false, '2023-11-14T22:13:20Z'],
+        ['c', false, '2023-11-14T22:13:20Z'],
+        ['d', true, '2023-11-14T22:13:20Z'],
+        ['e', true, '2023-11-14T22:13:20Z'],
+        ['f', true, '2023-11-14T22:13:20Z'],
+      ],
+    );
+    const few = chainConfig();
+    few.history = [{ created_by: 'only' }];
+    const b = await buildImage(core, {
+      snapshot: result,
+      config: few,
+      now: () => new Date('2025-01-02T03:04:05Z'),
+    });
+    core.leases.delete(b.lease);
+    const h = b.config.history!;
+    assert.equal(h.length, 3);
+    assert.equal(h.filter((x) => !x.empty_layer).length, b.manifest.layers.length);
+    assert.equal(h[1]!.created_by, 'kiln snapshot step1');
+    assert.equal(h[2]!.created_by, 'kiln snapshot step3');
+    assert.ok(h.every((x) => x.created === '2025-01-02T03:04:05Z'));
+    assert.equal(b.config.created, '2025-01-02T03:04:05Z');
+  });
+});
+
+void describe('parseOutputSpec', () => {
+  void test('valid specs', () => {
+    assert.deepEqual(parseOutputSpec('type=oci,dest=out.tar,compression=zstd'), {
+      type: 'oci',
+      dest: 'out.tar',
+      names: [],
+      compression: 'zstd',
+    });
+    assert.deepEqual(
+      parseOutputSpec(
+        'type=image,"name=a:1,b:2",name=c,push=true,compression=uncompressed,oci-mediatypes=false',
+      ),
+      {
+        type: 'image',
+        names: ['a:1', 'b:2', 'c'],
+        push: true,
+        compression: 'none',
+        ociMediaTypes: false,
+      },
+    );
+    assert.deepEqual(parseOutputSpec('type=docker,name=x,compression-level=9,force-compression'), {
+      type: 'docker',
+      names: ['x'],
+      compressionLevel: 9,
+      forceCompression: true,
+    });
+    assert.deepEqual(parseOutputSpec('-'), { type: 'tar', dest: '-', names: [] });
+    assert.deepEqual(parseOutputSpec('outdir'), { type: 'local', dest: 'outdir', names: [] });
+    assert.equal(sourceDateEpochFrom('1700000000'), 1700000000);
+    assert.equal(sourceDateEpochFrom(''), undefined);
+  });
+
+  void test('errors name the bad key or value', () => {
+    const bad: [string, RegExp][] = [
+      ['type=oci,colour=red', /unknown key "colour"/],
+      ['type=ftp,dest=x', /unknown type "ftp"/],
+      ['dest=x,name=y', /key "type" is required/],
+      ['type=local', /type=local needs dest/],
+      ['type=local,dest=x,name=y', /key "name" does not apply to type=local/],
+      ['type=registry', /type=registry needs name/],
+      ['type=image,push=true', /push=true needs name/],
+      ['type=image,push=maybe,name=x', /key "push" wants true or false, not "maybe"/],
+      ['type=oci,compression=lz4', /key "compression" wants gzip, zstd or uncompressed, not "lz4"/],
+      ['type=oci,compression=gzip,compression-level=12', /key "compression-level" wants an integer 0..9/],
+      ['type=oci,compression=zstd,oci-mediatypes=false', /zstd needs oci-mediatypes=true/],
+      ['type=oci,dest=a,dest=b', /key "dest" is given twice/],
+      ['type=oci,"name=x', /unterminated quote/],
+    ];
+    for (const [spec, re] of bad) {
+      assert.throws(
+        () => parseOutputSpec(spec),
+        (err: unknown) => isKilnError(err, 'InvalidArgument') && re.test(err.message),
+        spec,
+      );
+    }
+    assert.throws(() => sourceDateEpochFrom('yesterday'), /SOURCE_DATE_EPOCH "yesterday"/);
+  });
+});
