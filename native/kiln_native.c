@@ -15,6 +15,9 @@
  *   lsetxattr(path, name, value, flags)
  *   llistxattr(path) -> string[]
  *   lremovexattr(path, name)
+ *   lutimensat(path, atimeSec, atimeNsec, mtimeSec, mtimeNsec)
+ *       utimensat(2) with AT_SYMLINK_NOFOLLOW: nanosecond times, which
+ *       fs.lutimes cannot carry exactly (it takes seconds as a double).
  *
  * All calls are synchronous: each is a single short system call. Errors are
  * thrown as Error objects with `code` (e.g. "ENOENT"), `errno` and `syscall`.
@@ -31,6 +34,7 @@
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef SYS_fsopen
@@ -415,6 +419,28 @@ out:
   return ret;
 }
 
+static napi_value js_lutimensat(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char *path = NULL;
+  int64_t as = 0, an = 0, ms = 0, mn = 0;
+  if (argc < 5 || !get_str(env, argv[0], &path, 0) || napi_get_value_int64(env, argv[1], &as) != napi_ok ||
+      napi_get_value_int64(env, argv[2], &an) != napi_ok || napi_get_value_int64(env, argv[3], &ms) != napi_ok ||
+      napi_get_value_int64(env, argv[4], &mn) != napi_ok) {
+    free(path);
+    return throw_type(env, "lutimensat(path, atimeSec, atimeNsec, mtimeSec, mtimeNsec)");
+  }
+  struct timespec ts[2] = {{.tv_sec = as, .tv_nsec = an}, {.tv_sec = ms, .tv_nsec = mn}};
+  napi_value ret = NULL;
+  if (utimensat(AT_FDCWD, path, ts, AT_SYMLINK_NOFOLLOW) != 0)
+    throw_errno(env, errno, "utimensat", path);
+  else
+    napi_get_undefined(env, &ret);
+  free(path);
+  return ret;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"mount", NULL, js_mount, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -425,6 +451,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"lsetxattr", NULL, js_lsetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"llistxattr", NULL, js_llistxattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"lremovexattr", NULL, js_lremovexattr, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lutimensat", NULL, js_lutimensat, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -21,7 +21,7 @@ import { constants, type BigIntStats } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { errInvalidArgument, errNotFound, isErrno, wrap } from '../core/errors.ts';
-import { native } from '../core/native/index.ts';
+import { lutimesNs, native } from '../core/native/index.ts';
 import { readUserDb } from '../core/runtime/user.ts';
 import type { ChownOpt } from '../gen/kiln/llb/v1/llb_pb.ts';
 
@@ -115,9 +115,8 @@ async function setMeta(dst: string, st: BigIntStats, opts: CopyOptions, isLink: 
     const perm = opts.mode !== undefined ? opts.mode : Number(st.mode) & 0o7777;
     await fs.chmod(dst, perm);
   }
-  const atime = opts.timestamp ?? Number(st.atimeNs) / 1e9;
-  const mtime = opts.timestamp ?? Number(st.mtimeNs) / 1e9;
-  await fs.lutimes(dst, atime, mtime);
+  if (opts.timestamp !== undefined) await fs.lutimes(dst, opts.timestamp, opts.timestamp);
+  else lutimesNs(dst, st.atimeNs, st.mtimeNs);
 }
 
 const noop = async (): Promise<void> => {};

@@ -173,3 +173,27 @@ void describe('snapshot drivers', () => {
     });
   }
 });
+
+void describe('native driver copies', () => {
+  it('keep timestamps to the nanosecond (so an unchanged copy diffs as unchanged)', async () => {
+    const { copyTree } = await import('../../src/core/snapshots/native.ts');
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-native-times-'));
+    try {
+      await fs.mkdir(path.join(dir, 'src/sub'), { recursive: true });
+      await fs.writeFile(path.join(dir, 'src/sub/f'), 'x');
+      await fs.symlink('sub/f', path.join(dir, 'src/link'));
+      // 2023-11-14T22:13:20.123456789Z, a value a double in seconds cannot carry exactly.
+      const { lutimesNs } = await import('../../src/core/native/index.ts');
+      const t = 1_700_000_000_123_456_789n;
+      for (const p of ['src/sub/f', 'src/link', 'src/sub', 'src']) lutimesNs(path.join(dir, p), t, t);
+      await fs.mkdir(path.join(dir, 'dst'));
+      await copyTree(path.join(dir, 'src'), path.join(dir, 'dst'));
+      for (const p of ['sub/f', 'link', 'sub', '.']) {
+        const st = await fs.lstat(path.join(dir, 'dst', p), { bigint: true });
+        assert.equal(st.mtimeNs, t, `mtime of ${p}`);
+      }
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+});

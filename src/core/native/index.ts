@@ -40,6 +40,15 @@ export interface NativeAddon {
   /** llistxattr(2); empty when the filesystem does not support xattrs. */
   llistxattr(path: string): string[];
   lremovexattr(path: string, name: string): void;
+  /** utimensat(2) without following a final symlink: exact nanosecond atime and mtime. */
+  lutimensat(path: string, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void;
+}
+
+/** Sets atime and mtime from nanosecond bigints (as in fs.BigIntStats) without following symlinks. */
+export function lutimesNs(path: string, atimeNs: bigint, mtimeNs: bigint): void {
+  const sec = (ns: bigint) => Number(ns / 1_000_000_000n);
+  const nsec = (ns: bigint) => Number(ns % 1_000_000_000n);
+  native().lutimensat(path, sec(atimeNs), nsec(atimeNs), sec(mtimeNs), nsec(mtimeNs));
 }
 
 /** mount(2) flags. */

@@ -16,22 +16,11 @@
  * nothing is shared with the parent.
  */
 import { constants } from 'node:fs';
-import {
-  chmod,
-  copyFile,
-  link,
-  lchown,
-  lstat,
-  lutimes,
-  mkdir,
-  readdir,
-  readlink,
-  symlink,
-} from 'node:fs/promises';
+import { chmod, copyFile, link, lchown, lstat, mkdir, readdir, readlink, symlink } from 'node:fs/promises';
 import type { BigIntStats } from 'node:fs';
 import path from 'node:path';
 import { wrap } from '../errors.ts';
-import { native } from '../native/index.ts';
+import { lutimesNs, native } from '../native/index.ts';
 import { DirSnapshotter } from './driver.ts';
 import type { MetaStore, SnapshotRecord } from './storage.ts';
 import type { Mount } from './types.ts';
@@ -60,7 +49,8 @@ async function applyMeta(src: string, dst: string, st: BigIntStats): Promise<voi
 }
 
 async function applyTimes(dst: string, st: BigIntStats): Promise<void> {
-  await lutimes(dst, Number(st.atimeNs) / 1e9, Number(st.mtimeNs) / 1e9);
+  // Exact nanoseconds: a copy whose mtime drifted would look changed to the diff service.
+  lutimesNs(dst, st.atimeNs, st.mtimeNs);
 }
 
 /** Runs at most `n` tasks at a time; a finished task hands its slot to the next waiter. */
