@@ -169,7 +169,15 @@ export async function apply(
     const got = blob.digest();
     if (got !== desc.digest) throw errDataLoss(`apply layer "${desc.digest}": content has digest "${got}"`);
   }
-  const result = await withTempMount(mounts, (dir) => applyLayer(verified(), dir, options));
+  const source = verified();
+  let result: Awaited<ReturnType<typeof applyLayer>>;
+  try {
+    result = await withTempMount(mounts, (dir) => applyLayer(source, dir, options));
+  } finally {
+    // When applying fails midway, decompression may not hand the early stop back to
+    // our generator: end it here so the blob's file handle is closed, not left to GC.
+    await source.return(undefined);
+  }
   const want = desc.annotations?.[LABEL_UNCOMPRESSED];
   if (want && want !== result.diffID) {
     throw errDataLoss(
