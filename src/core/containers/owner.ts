@@ -1,0 +1,39 @@
+/**
+ * Owner records: which Kiln process runs a container's task. A record is
+ * the pid and the kernel start time of that process (field 22 of
+ * /proc/<pid>/stat), so a reused pid is not mistaken for the owner. Used by
+ * recovery to tell a task that is running in another Kiln process from one
+ * whose Kiln process was killed. Files are written atomically.
+ */
+import { readFile } from 'node:fs/promises';
+import { writeFileAtomic } from '../runtime/spec.ts';
+
+export interface Owner {
+  pid: number;
+  start: string | null;
+}
+
+/** Start time (clock ticks since boot) of a process, or null when it does not exist. */
+export async function processStartTime(pid: number): Promise<string | null> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+export async function writeOwner(file: string): Promise<void> {
+  const owner: Owner = { pid: process.pid, start: await processStartTime(process.pid) };
+  await writeFileAtomic(file, JSON.stringify(owner), 0o600);
+}
+
+/** True when the owner file names a live process (false when it is missing or unreadable). */
+export async function ownerAlive(file: string): Promise<boolean> {
+  try {
+    const o = JSON.parse(await readFile(file, 'utf8')) as Owner;
+    return o.start !== null && (await processStartTime(o.pid)) === o.start;
+  } catch {
+    return false;
+  }
+}
