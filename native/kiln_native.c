@@ -15,6 +15,7 @@
  *   lsetxattr(path, name, value, flags)
  *   llistxattr(path) -> string[]
  *   lremovexattr(path, name)
+ *   flock(fd, operation)                              flock(2): LOCK_SH 1, LOCK_EX 2, LOCK_NB 4, LOCK_UN 8
  *   lutimensat(path, atimeSec, atimeNsec, mtimeSec, mtimeNsec)
  *       utimensat(2) with AT_SYMLINK_NOFOLLOW: nanosecond times, which
  *       fs.lutimes cannot carry exactly (it takes seconds as a double).
@@ -29,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -77,6 +79,7 @@ static const char *errno_name(int e) {
   case ENOTBLK: return "ENOTBLK";
   case ENOMEM: return "ENOMEM";
   case EFAULT: return "EFAULT";
+  case EWOULDBLOCK: return "EWOULDBLOCK";
   default: return "EUNKNOWN";
   }
 }
@@ -441,6 +444,23 @@ static napi_value js_lutimensat(napi_env env, napi_callback_info info) {
   return ret;
 }
 
+static napi_value js_flock(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd = -1, op = 0;
+  if (argc < 2 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_int32(env, argv[1], &op) != napi_ok)
+    return throw_type(env, "flock(fd, operation)");
+  int rc;
+  do {
+    rc = flock(fd, op);
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) return throw_errno(env, errno, "flock", NULL);
+  napi_value ret;
+  napi_get_undefined(env, &ret);
+  return ret;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"mount", NULL, js_mount, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -452,6 +472,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"llistxattr", NULL, js_llistxattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"lremovexattr", NULL, js_lremovexattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"lutimensat", NULL, js_lutimensat, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"flock", NULL, js_flock, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -6,8 +6,10 @@
  */
 import type { Command } from 'commander';
 import { pino, type Logger } from 'pino';
+import { rm } from 'node:fs/promises';
+import { acquireStateLock, type StateLock } from '../core/lock.ts';
 import { openCore, type Core } from '../core/metadata/index.ts';
-import { setTempMountRoot } from '../core/mount/mount.ts';
+import { setTempMountRoot, unmountAll } from '../core/mount/mount.ts';
 import { recoverMounts } from '../core/mount/recovery.ts';
 
 export interface Globals {
@@ -20,8 +22,14 @@ export interface Globals {
 export interface CliContext {
   globals(): Globals;
   log(): Logger;
-  /** Opens the core for the global root and namespace; closed when the command ends. */
+  /**
+   * Opens the core for the global root and namespace; closed when the command ends.
+   * The first Kiln process on a root (holding its lock alone) recovers what a killed
+   * earlier run left: temporary mounts and exec bundles.
+   */
   core(): Promise<Core>;
+  /** True when this process opened the root with no other Kiln process on it. */
+  recovered(): boolean;
   close(): Promise<void>;
 }
 
@@ -34,6 +42,7 @@ export function defaultRoot(): string {
 export function createContext(program: Command): CliContext {
   let core: Promise<Core> | undefined;
   let logger: Logger | undefined;
+  let lock: StateLock | undefined;
   const globals = (): Globals => {
     const o = program.opts<{ root: string; namespace: string; snapshotter: string; logLevel: string }>();
     if (o.snapshotter !== 'overlayfs' && o.snapshotter !== 'native') {
@@ -53,16 +62,36 @@ export function createContext(program: Command): CliContext {
         // Temporary mounts live under the root; a killed earlier run may have left some.
         const mountDir = `${g.root}/mounts`;
         setTempMountRoot(mountDir);
-        const report = await recoverMounts(mountDir);
-        if (report.unmounted.length > 0 || report.removed.length > 0) {
-          this.log().info({ unmounted: report.unmounted, removed: report.removed }, 'recovered stale mounts');
+        lock = acquireStateLock(`${g.root}/lock`);
+        try {
+          const report = await recoverMounts(mountDir);
+          if (report.unmounted.length > 0 || report.removed.length > 0) {
+            this.log().info(
+              { unmounted: report.unmounted, removed: report.removed },
+              'recovered stale mounts',
+            );
+          }
+          if (lock.exclusive) {
+            // Exec bundles belong to running builds; with the root to ourselves, any left are stale.
+            const bundles = `${g.root}/ops/bundles`;
+            await unmountAll(bundles).catch(() => {});
+            await rm(bundles, { recursive: true, force: true });
+          }
+        } finally {
+          lock.downgrade();
         }
         return openCore({ root: g.root, namespace: g.namespace, snapshotter: g.snapshotter });
       })();
       return core;
     },
+    recovered() {
+      return lock?.exclusive ?? false;
+    },
     async close() {
-      if (core) await (await core).close();
+      // A core that failed to open has already reported its error.
+      const opened = await core?.catch(() => undefined);
+      await opened?.close();
+      lock?.release();
     },
   };
 }

@@ -16,6 +16,7 @@ const src = join(root, 'src');
 const LAYERS: [prefix: string, rank: number][] = [
   ['core/errors.ts', 0],
   ['core/digest.ts', 0],
+  ['core/lock.ts', 0],
   ['core/native/', 0],
   ['core/archive/', 1],
   ['core/content/', 1],

@@ -42,7 +42,12 @@ export interface NativeAddon {
   lremovexattr(path: string, name: string): void;
   /** utimensat(2) without following a final symlink: exact nanosecond atime and mtime. */
   lutimensat(path: string, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void;
+  /** flock(2) on an open descriptor; with LOCK_NB a held lock throws code 'EWOULDBLOCK'. */
+  flock(fd: number, operation: number): void;
 }
+
+/** flock(2) operations. */
+export const LOCK = { SH: 1, EX: 2, NB: 4, UN: 8 } as const;
 
 /** Sets atime and mtime from nanosecond bigints (as in fs.BigIntStats) without following symlinks. */
 export function lutimesNs(path: string, atimeNs: bigint, mtimeNs: bigint): void {

@@ -30,6 +30,7 @@ import {
 } from '../errors.ts';
 import { mountsUnder, readMountinfo } from '../mount/mountinfo.ts';
 import { recoverMounts } from '../mount/recovery.ts';
+import { acquireStateLock, type StateLock } from '../lock.ts';
 import { MetaStore, type SnapshotRecord, toInfo } from './storage.ts';
 import type { Mount, SnapshotInfo, SnapshotOptions, Snapshotter, Usage } from './types.ts';
 
@@ -73,6 +74,29 @@ async function removeTree(p: string): Promise<void> {
   await rm(p, { recursive: true, force: true });
 }
 
+/** One state lock per driver root and process, held while any driver of this process has it open. */
+const locks = new Map<string, { lock: StateLock; refs: number }>();
+
+function holdLock(root: string): StateLock {
+  const held = locks.get(root);
+  if (held) {
+    held.refs++;
+    return { exclusive: false, downgrade() {}, release() {} };
+  }
+  const lock = acquireStateLock(path.join(root, 'lock'));
+  locks.set(root, { lock, refs: 1 });
+  return lock;
+}
+
+function dropLock(root: string): void {
+  const held = locks.get(root);
+  if (!held) return;
+  if (--held.refs === 0) {
+    locks.delete(root);
+    held.lock.release();
+  }
+}
+
 export abstract class DirSnapshotter implements Snapshotter {
   abstract readonly name: string;
   readonly root: string;
@@ -90,18 +114,27 @@ export abstract class DirSnapshotter implements Snapshotter {
   protected static async openRoot(root: string): Promise<MetaStore> {
     const abs = path.resolve(root);
     await mkdir(path.join(abs, 'snapshots'), { recursive: true, mode: 0o700 });
-    await recoverMounts(abs);
+    // Recovery removes what a dead process left half made; it runs only when no other
+    // process has this root open (the lock is exclusive), or it would delete their work.
+    const lock = holdLock(abs);
+    if (lock.exclusive) await recoverMounts(abs);
     const ms = MetaStore.open(abs);
     try {
-      const ids = ms.ids();
-      const dir = path.join(abs, 'snapshots');
-      for (const name of await readdir(dir)) {
-        const known = /^\d+$/.test(name) && ids.has(Number(name));
-        if (!known && (name.startsWith('tmp-') || /^\d+$/.test(name))) await removeTree(path.join(dir, name));
+      if (lock.exclusive) {
+        const ids = ms.ids();
+        const dir = path.join(abs, 'snapshots');
+        for (const name of await readdir(dir)) {
+          const known = /^\d+$/.test(name) && ids.has(Number(name));
+          if (!known && (name.startsWith('tmp-') || /^\d+$/.test(name)))
+            await removeTree(path.join(dir, name));
+        }
       }
     } catch (err) {
       ms.close();
+      dropLock(abs);
       throw err;
+    } finally {
+      lock.downgrade();
     }
     return ms;
   }
@@ -247,5 +280,6 @@ export abstract class DirSnapshotter implements Snapshotter {
     if (this.#closed) return;
     this.#closed = true;
     this.ms.close();
+    dropLock(path.resolve(this.root));
   }
 }

@@ -5,7 +5,7 @@
  * and work directories on the filesystem holding `dir` (it mounts and
  * unmounts a tiny overlay under `dir`). The contract is in types.ts.
  */
-import { mkdir, mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
+import { access, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { errInvalidArgument, errUnavailable } from '../errors.ts';
 import { mountAll, unmountAll } from '../mount/mount.ts';
@@ -51,12 +51,26 @@ export async function supportsOverlay(dir: string): Promise<boolean> {
 /** Opens the snapshot driver `driver` with its state in `root`. */
 export async function createSnapshotter(driver: SnapshotterDriver, root: string): Promise<Snapshotter> {
   switch (driver) {
-    case 'overlayfs':
-      // Probing in snapshots/ under a tmp- name: startup cleanup removes a leftover probe.
-      if (!(await supportsOverlay(path.join(root, 'snapshots')))) {
-        throw errUnavailable(`open snapshotter "overlayfs" at "${root}": overlayfs is not supported there`);
+    case 'overlayfs': {
+      // Open first (taking the root's lock), then probe in snapshots/ under a tmp- name:
+      // only an exclusive opener's startup cleanup removes a leftover probe, never a live one.
+      // A successful probe is remembered, so later opens skip it.
+      const sn = await OverlaySnapshotter.open(root);
+      const marker = path.join(root, 'overlay-supported');
+      if (
+        !(await access(marker).then(
+          () => true,
+          () => false,
+        ))
+      ) {
+        if (!(await supportsOverlay(path.join(root, 'snapshots')))) {
+          await sn.close();
+          throw errUnavailable(`open snapshotter "overlayfs" at "${root}": overlayfs is not supported there`);
+        }
+        await writeFile(marker, 'probed\n');
       }
-      return OverlaySnapshotter.open(root);
+      return sn;
+    }
     case 'native':
       return NativeSnapshotter.open(root);
     default:
