@@ -7,6 +7,7 @@
 import type { Command } from 'commander';
 import { pino, type Logger } from 'pino';
 import { rm } from 'node:fs/promises';
+import { LocalContentStore } from '../core/content/store.ts';
 import { acquireStateLock, type StateLock } from '../core/lock.ts';
 import { openCore, type Core } from '../core/metadata/index.ts';
 import { setTempMountRoot, unmountAll } from '../core/mount/mount.ts';
@@ -32,6 +33,8 @@ export interface CliContext {
   recovered(): boolean;
   close(): Promise<void>;
 }
+
+const STALE_INGEST_MS = 24 * 3600 * 1000;
 
 export function defaultRoot(): string {
   if (process.getuid?.() === 0) return '/var/lib/kiln';
@@ -80,7 +83,12 @@ export function createContext(program: Command): CliContext {
         } finally {
           lock.downgrade();
         }
-        return openCore({ root: g.root, namespace: g.namespace, snapshotter: g.snapshotter });
+        const opened = await openCore({ root: g.root, namespace: g.namespace, snapshotter: g.snapshotter });
+        if (lock.exclusive && opened.localContent instanceof LocalContentStore) {
+          // Interrupted ingests stay resumable for a day; older ones are abandoned.
+          await opened.localContent.cleanupStaleIngests(STALE_INGEST_MS);
+        }
+        return opened;
       })();
       return core;
     },
