@@ -276,6 +276,116 @@ for (const v of variants) {
       assert.equal(c.stdout, 'end\n', 'no stdin reads as empty');
     });
 
+    void test('without stdin the process reads EOF at once, never bytes other processes wrote', async (t) => {
+      // A host whose /dev/null was deleted and re-created as a regular file by
+      // some `> /dev/null` (seen on this machine) hands whatever other processes
+      // "discard" to every reader of /dev/null. Recreate that in a private mount
+      // namespace (a file bound over /dev/null) and run Kiln there: containers
+      // and an exec without stdin must still read EOF at once, while probes and
+      // writers that discard output through that /dev/null run at the same time.
+      const poison = path.join(base, `poison-${v.name}`);
+      await writeFile(poison, 'LEAK-0\n');
+      const stop = `/tmp/stop-${v.name}`; // the rootfs is shared: a name per variant
+      const stateDir = path.join(base, `state-poison-${v.name}`);
+      const hostId = `poison-host-${v.name}`;
+      t.after(async () => {
+        // After a failure half-way, the container to exec into may still run.
+        await new OciRuntime({ name: v.name, stateDir, hideUnifiedCgroup: v.hide }).delete(hostId, {
+          force: true,
+        });
+        await rm(path.join(rootfs, stop), { force: true });
+      });
+      const dirs: string[] = [];
+      for (let i = 0; i < 3; i++)
+        dirs.push(await bundle({ args: ['sh', '-c', 'timeout 3 cat; echo "end $?"'] }));
+      // A container to exec into (execInContainer has the same stdin contract).
+      const host = await bundle({ args: ['sh', '-c', `echo up; until [ -e ${stop} ]; do sleep 0.05; done`] });
+      const runtimeUrl = new URL('../../src/core/runtime/runtime.ts', import.meta.url).href;
+      const execUrl = new URL('../../src/core/runtime/exec.ts', import.meta.url).href;
+      const helper = `
+        import { spawn } from 'node:child_process';
+        import { Writable } from 'node:stream';
+        const { OciRuntime, runtimeAvailable } = await import(${JSON.stringify(runtimeUrl)});
+        const { execInContainer } = await import(${JSON.stringify(execUrl)});
+        const a = JSON.parse(process.argv[1]);
+        const capture = (argv, stdio) => new Promise((resolve) => {
+          const p = spawn(argv[0], argv.slice(1), { stdio });
+          let out = '';
+          p.stdout?.on('data', (b) => { out += b; });
+          p.on('close', () => resolve(out));
+        });
+        const collector = () => {
+          const w = new Writable({ write(c, _e, cb) { w.text += c; cb(); } });
+          w.text = '';
+          return w;
+        };
+        // Proof that this namespace leaks: a plain child whose stdin is 'ignore' reads the file.
+        const sanity = await capture(['cat'], ['ignore', 'pipe', 'inherit']);
+        const rt = new OciRuntime({ name: a.name, stateDir: a.stateDir, hideUnifiedCgroup: a.hide });
+        const writers = [1, 2, 3].map((n) =>
+          capture(['sh', '-c', 'for i in 1 2 3 4 5 6 7 8; do echo LEAK-$i-' + n + '; sleep 0.02; done'], 'ignore'));
+        const probes = [runtimeAvailable('crun'), runtimeAvailable('runc')];
+        const runs = a.dirs.map(async (dir) => {
+          const out = collector();
+          const r = await rt.run(dir, { stdout: out });
+          return { exitCode: r.exitCode, out: out.text };
+        });
+        const up = collector();
+        const hostRun = rt.run(a.host, { id: a.hostId, stdout: up });
+        const running = () => rt.state(a.hostId).then((st) => st.status === 'running', () => false);
+        for (let i = 0; !up.text.includes('up') || !(await running()); i++) {
+          if (i === 500) throw new Error('the container to exec into never ran: ' + up.text);
+          await new Promise((r) => setTimeout(r, 10));
+        }
+        const proc = (args) => ({ terminal: false, user: { uid: 0, gid: 0 }, args, env: ['PATH=/bin'], cwd: '/' });
+        const execOut = collector();
+        const ex = await execInContainer(rt, a.hostId, proc(['sh', '-c', 'timeout 3 cat; echo "end $?"']), { stdout: execOut });
+        await execInContainer(rt, a.hostId, proc(['touch', a.stop]));
+        const results = await Promise.all(runs);
+        results.push({ exitCode: ex.exitCode, out: execOut.text });
+        await Promise.all([hostRun, ...writers, ...probes]);
+        process.stdout.write(JSON.stringify({ sanity, results }));
+      `;
+      const args = {
+        name: v.name,
+        hide: v.hide,
+        stateDir,
+        dirs,
+        host,
+        hostId,
+        stop,
+      };
+      const child = spawn(
+        'unshare',
+        [
+          ...[
+            '--mount',
+            '--propagation',
+            'private',
+            '--',
+            'sh',
+            '-c',
+            'mount --bind "$0" /dev/null && exec "$@"',
+          ],
+          ...[poison, process.execPath, '--input-type=module', '-e', helper, JSON.stringify(args)],
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 },
+      );
+      const out = new Collect();
+      const err = new Collect();
+      child.stdout.pipe(out);
+      child.stderr.pipe(err);
+      const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+      assert.equal(code, 0, err.text);
+      const got = JSON.parse(out.text) as { sanity: string; results: { exitCode: number; out: string }[] };
+      assert.match(got.sanity, /LEAK-0/, 'the bound /dev/null hands out bytes, so a leak would show');
+      assert.deepEqual(
+        got.results,
+        [...dirs, 'exec'].map(() => ({ exitCode: 0, out: 'end 0\n' })),
+        'each container and the exec read EOF at once (cat exited 0, not killed by timeout) and nothing else',
+      );
+    });
+
     void test('SIGTERM sent with kill reaches the process', async () => {
       const out = path.join(base, `out-${v.name}`);
       await mkdir(out);

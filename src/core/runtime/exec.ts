@@ -3,8 +3,9 @@
  * has no exec; crun and runc both offer `exec --process <process.json>`),
  * in the foreground, with the same stdio contract as `OciRuntime.run`:
  *
- * - stdin: a stream, a Buffer/string, or nothing (= /dev/null; with a tty an
- *   open pipe that never sends anything); stdout/stderr: writable streams or
+ * - stdin: a stream, a Buffer/string, or nothing (= a pipe closed at once,
+ *   never the host's /dev/null, see runtime.ts; with a tty an open pipe that
+ *   never sends anything); stdout/stderr: writable streams or
  *   nothing (= discarded). With `process.terminal` the runtime's foreground
  *   console is given a pseudo-terminal by util-linux `script` (output then
  *   arrives on stdout only).
@@ -107,8 +108,7 @@ export async function execInContainer(
         '/dev/null',
       ];
     }
-    const stdinMode = opts.stdin === undefined && !proc.terminal ? 'ignore' : 'pipe';
-    const child = spawn(argv[0], argv.slice(1), { stdio: [stdinMode, 'pipe', 'pipe'] });
+    const child = spawn(argv[0], argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
     let aborted = false;
     const onAbort = (): void => {
       aborted = true;
@@ -123,6 +123,7 @@ export async function execInContainer(
         const src = opts.stdin;
         if (typeof src === 'string' || Buffer.isBuffer(src)) child.stdin.end(src);
         else if (src) src.pipe(child.stdin);
+        else if (!proc.terminal) child.stdin.end(); // no input: EOF at once
       }
       const outDone = pump(child.stdout, opts.stdout, null);
       const errDone = pump(child.stderr, opts.stderr, proc.terminal ? null : () => existsSync(pidFile));

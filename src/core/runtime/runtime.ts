@@ -9,10 +9,15 @@
  * which runs a bundle in the foreground and returns how its process ended.
  *
  * `run` contract:
- * - stdio over pipes (stdin: a stream, a Buffer/string, or nothing =
- *   /dev/null, or with a tty an open pipe that never sends anything, like
- *   docker's `-t` without `-i`; stdout/stderr: writable streams or nothing =
- *   discarded).
+ * - stdio over pipes (stdin: a stream, a Buffer/string, or nothing = a pipe
+ *   closed at once, so the process reads EOF; with a tty and no input an open
+ *   pipe that never sends anything, like docker's `-t` without `-i`;
+ *   stdout/stderr: writable streams or nothing = discarded).
+ * - "No stdin" is never the host's /dev/null: if that was ever deleted and
+ *   re-created as a regular file by some `> /dev/null`, every process that
+ *   "discards" output appends it there, and a container given /dev/null as
+ *   stdin (crun passes it through; runc copies it into its own stdin pipe)
+ *   would read other processes' output. A closed pipe has no such failure.
  * - `tty: true` (config.json must then have `process.terminal: true`): the
  *   runtime's own foreground console handling is used, given a pseudo-terminal
  *   by util-linux `script`; the container sees a real tty, output arrives on
@@ -44,8 +49,8 @@
  * by an empty tmpfs, so crun uses the v1 controllers like runc does; nothing
  * changes on the host.
  *
- * Not here (yet): exec into a running container, pause/resume, events and
- * stats, console size, a shim. Without a shim, a Kiln process killed hard
+ * Exec into a running container: exec.ts (through `commandLine`). Not here
+ * (yet): pause/resume, events and stats, console size, a shim. Without a shim, a Kiln process killed hard
  * leaves the runtime process and its container running (their stdio pipes
  * broken) until `cleanupStale` kills and deletes them.
  */
@@ -104,7 +109,12 @@ export interface RunResult {
 
 export interface CreateOptions {
   pidFile?: string;
-  /** stdio for the container's process (inherited through the runtime); default /dev/null for all three. */
+  /**
+   * stdio for the container's process (inherited through the runtime);
+   * default 'ignore' for all three. 'ignore' for stdin is a pipe closed at
+   * once (EOF, never the host's /dev/null: see the module comment); for
+   * stdout/stderr it is /dev/null.
+   */
   stdio?: [StdioFd, StdioFd, StdioFd];
 }
 
@@ -117,7 +127,7 @@ interface ExecResult {
   stderr: string;
 }
 
-const SIGNAL_NAMES: Record<number, NodeJS.Signals> = {
+export const SIGNAL_NAMES: Record<number, NodeJS.Signals> = {
   1: 'SIGHUP',
   2: 'SIGINT',
   3: 'SIGQUIT',
@@ -204,7 +214,8 @@ export function classifyStartError(
   return null;
 }
 
-function errorsFromLog(text: string): string[] {
+/** The error messages in a runtime's JSON log (or its plain lines). */
+export function errorsFromLog(text: string): string[] {
   const out: string[] = [];
   for (const line of text.split('\n')) {
     if (line.trim() === '') continue;
@@ -280,6 +291,12 @@ export class OciRuntime {
     ];
   }
 
+  /** argv (program first) that runs the runtime with `args`, for drivers of other commands (exec.ts). */
+  async commandLine(args: string[], logFile?: string): Promise<string[]> {
+    await this.init();
+    return this.#argv(args, logFile);
+  }
+
   /** Runs a runtime command to completion, capturing its output. */
   async #exec(args: string[], what: string): Promise<ExecResult> {
     await this.init();
@@ -349,8 +366,14 @@ export class OciRuntime {
     try {
       // The container's process inherits the stdio given to the runtime, so
       // `create` must not wait for those to close: wait for the runtime's exit.
+      const [stdin, stdout, stderr] = opts.stdio ?? ['ignore', 'ignore', 'ignore'];
       const code = await new Promise<number | null>((resolve, reject) => {
-        const child = spawn(argv[0], argv.slice(1), { stdio: opts.stdio ?? ['ignore', 'ignore', 'ignore'] });
+        const child = spawn(argv[0], argv.slice(1), {
+          stdio: [stdin === 'ignore' ? 'pipe' : stdin, stdout, stderr],
+        });
+        // No input: end the pipe now; the process keeps the read end and sees EOF.
+        child.stdin?.on('error', () => undefined);
+        child.stdin?.end(() => child.stdin?.destroy());
         child.on('error', (e) => reject(wrap(e, `create container "${id}": start ${this.name}`)));
         child.on('exit', (c) => resolve(c));
       });
@@ -504,10 +527,11 @@ export class OciRuntime {
         '/dev/null',
       ];
     }
-    // With a tty and no input, stdin stays an open pipe (docker's `-t` without `-i`): at EOF
-    // `script` would type an end-of-file character into the container's terminal.
-    const stdinMode = opts.stdin === undefined && !opts.tty ? 'ignore' : 'pipe';
-    const child = spawn(argv[0], argv.slice(1), { stdio: [stdinMode, 'pipe', 'pipe'] });
+    // stdin is always a pipe of ours, never 'ignore' (= the host's /dev/null, see the module
+    // comment). Without input it is ended at once; with a tty and no input it stays open
+    // (docker's `-t` without `-i`): at EOF `script` would type an end-of-file character
+    // into the container's terminal.
+    const child = spawn(argv[0], argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
 
     let aborted = false;
     const onAbort = (): void => {
@@ -561,6 +585,7 @@ export class OciRuntime {
       const src = opts.stdin;
       if (typeof src === 'string' || Buffer.isBuffer(src)) stdin.end(src);
       else if (src) src.pipe(stdin);
+      else if (!opts.tty) stdin.end(); // no input: EOF at once
     }
     const stdout = forward(child.stdout, opts.stdout, null);
     const gate = { started: false, pidFile };
