@@ -33,6 +33,12 @@ if [[ ! -x node_modules/.bin/node ]] || [[ package-lock.json -nt node_modules/.p
 fi
 npm run --silent build:native >/dev/null
 
+# /dev/null must be the null device: tools (and Node's stdio 'ignore') write into it.
+if [[ ! -c /dev/null ]]; then
+  echo "setup: /dev/null is not a character device; recreating it"
+  mknod -m 666 /dev/.null.kiln c 1 3 && mv -f /dev/.null.kiln /dev/null
+fi
+
 # The reference builder (docker's BuildKit) for differential tests and benchmarks:
 # start Debian's dockerd when it is not running (there is no systemd here).
 if ! /usr/bin/docker info >/dev/null 2>&1; then
