@@ -10,14 +10,16 @@
  *   fifo, device) with modes, owners, timestamps and xattrs; hard links
  *   between files of the same copy stay hard links (`opts.links`); an
  *   existing destination directory is merged into, any other existing
- *   destination is replaced. `filter(rel, isDir)` can skip paths.
+ *   destination is replaced. `filter(rel, isDir)` can skip paths. The
+ *   entries of a directory are copied concurrently (COPY_CONCURRENCY), its
+ *   own metadata is set after all of them.
  * - `resolveOwner(root, chown)`: a ChownOpt to numeric ids, names looked up
  *   in `root`'s /etc/passwd and /etc/group.
  *
  * Limits: sockets are skipped; xattrs that cannot be set (e.g. `trusted.*`
  * on some filesystems) are ignored, as are xattrs on symlinks.
  */
-import { constants, type BigIntStats } from 'node:fs';
+import { constants, type BigIntStats, lstatSync, type Stats } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { errInvalidArgument, errNotFound, isErrno, wrap } from '../core/errors.ts';
@@ -122,6 +124,57 @@ async function setMeta(dst: string, st: BigIntStats, opts: CopyOptions, isLink: 
 const noop = async (): Promise<void> => {};
 
 /**
+ * Entries of one directory copied at once. A copy is a sequence of small
+ * syscalls per entry (lstat, copy, chown, chmod, utimes, xattrs), each a
+ * thread-pool round trip: copying siblings concurrently keeps the pool busy
+ * instead of waiting on one entry at a time.
+ */
+const COPY_CONCURRENCY = 8;
+
+/** Copies of hard-linked files in flight, per `links` map (dev:ino → promise). */
+const copyingLinks = new WeakMap<Map<string, string>, Map<string, Promise<void>>>();
+
+/**
+ * Runs `fn` over `items`, at most `limit` at a time; after a failure no new
+ * item starts, the running ones are awaited, and the first error is thrown
+ * (nothing is left running when it returns).
+ */
+async function forEachLimit<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<unknown>,
+): Promise<void> {
+  let next = 0;
+  let failure: { err: unknown } | undefined;
+  const lane = async (): Promise<void> => {
+    while (!failure && next < items.length) {
+      const item = items[next++] as T;
+      try {
+        await fn(item);
+      } catch (err) {
+        failure ??= { err };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
+  if (failure) throw failure.err;
+}
+
+/**
+ * Whether something exists at `p` (not following a last symlink), without
+ * the cost of a thrown ENOENT: a copy asks this of every destination path,
+ * which is almost always absent.
+ */
+function lstatQuiet(p: string): Stats | undefined {
+  try {
+    return lstatSync(p, { throwIfNoEntry: false });
+  } catch (err) {
+    if (isErrno(err, 'ENOTDIR')) return undefined;
+    throw err;
+  }
+}
+
+/**
  * Copies `src` to `dst` (see the module comment). Returns whether anything
  * was created (false when the filter selected nothing).
  */
@@ -139,23 +192,24 @@ export async function copyEntry(
   const selected = !opts.filter || opts.filter(rel, isDir);
   if (isDir) {
     if (!selected && !(opts.descend?.(rel) ?? false)) return false;
-    let created = false;
-    const ensureSelf = async (): Promise<void> => {
-      if (created) return;
-      await ensureParent();
-      created = true;
-      const existing = await lstatMaybe(dst);
-      if (!existing?.isDirectory()) {
-        if (existing) await fs.rm(dst, { recursive: true, force: true });
-        await fs.mkdir(dst);
-      }
-    };
+    // Memoized: children copied concurrently may all ask for it at once.
+    let made: Promise<void> | undefined;
+    const ensureSelf = (): Promise<void> =>
+      (made ??= (async () => {
+        await ensureParent();
+        const existing = lstatQuiet(dst);
+        if (!existing?.isDirectory()) {
+          if (existing) await fs.rm(dst, { recursive: true, force: true });
+          await fs.mkdir(dst);
+        }
+      })());
     if (selected) await ensureSelf();
-    for (const name of (await fs.readdir(src)).sort()) {
+    await forEachLimit((await fs.readdir(src)).sort(), COPY_CONCURRENCY, (name) => {
       const childRel = rel === '' ? name : `${rel}/${name}`;
-      await copyEntry(path.join(src, name), path.join(dst, name), opts, childRel, ensureSelf);
-    }
-    if (!created) return false;
+      return copyEntry(path.join(src, name), path.join(dst, name), opts, childRel, ensureSelf);
+    });
+    if (!made) return false;
+    await made;
     await setMeta(dst, st, opts, false);
     copyXattrs(src, dst);
     return true;
@@ -163,21 +217,38 @@ export async function copyEntry(
   if (!selected) return false;
   if (st.isSocket()) return false;
   await ensureParent();
-  if (await lstatMaybe(dst)) await fs.rm(dst, { recursive: true, force: true });
+  if (lstatQuiet(dst)) await fs.rm(dst, { recursive: true, force: true });
   if (st.isSymbolicLink()) {
     await fs.symlink(await fs.readlink(src), dst);
     await setMeta(dst, st, opts, true);
     return true;
   }
   if (st.isFile()) {
-    const key = `${st.dev}:${st.ino}`;
-    const linked = st.nlink > 1n ? opts.links?.get(key) : undefined;
-    if (linked !== undefined) {
-      await fs.link(linked, dst);
-      return true;
-    }
-    await fs.copyFile(src, dst, constants.COPYFILE_FICLONE);
-    if (st.nlink > 1n) opts.links?.set(key, dst);
+    const links = st.nlink > 1n ? opts.links : undefined;
+    if (links) {
+      const key = `${st.dev}:${st.ino}`;
+      let pending = copyingLinks.get(links);
+      if (!pending) {
+        pending = new Map();
+        copyingLinks.set(links, pending);
+      }
+      // Another link to this inode being copied concurrently: wait, then link to it.
+      for (let p = pending.get(key); p; p = pending.get(key)) await p.catch(() => {});
+      const linked = links.get(key);
+      if (linked !== undefined) {
+        await fs.link(linked, dst);
+        return true;
+      }
+      const copying = fs.copyFile(src, dst, constants.COPYFILE_FICLONE).then(() => {
+        links.set(key, dst);
+      });
+      pending.set(key, copying);
+      try {
+        await copying;
+      } finally {
+        pending.delete(key);
+      }
+    } else await fs.copyFile(src, dst, constants.COPYFILE_FICLONE);
   } else if (st.isFIFO()) {
     native().mknod(dst, 0o010000 | (Number(st.mode) & 0o7777), 0, 0);
   } else {

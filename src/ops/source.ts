@@ -11,15 +11,16 @@
  *   symlink among them also sends its target). The cache digest includes a
  *   content checksum of exactly what is sent, so an unchanged directory is a
  *   cache hit and a changed one is not. File hashes are cached by path, size,
- *   mtime, ctime and inode in `<stateDir>/local-checksums.json` (written
- *   atomically), so an unchanged tree is walked (lstat) but not re-read.
+ *   mtime, ctime and inode in `<stateDir>/local-checksums.json` (see
+ *   hashcache.ts: rewritten only when an entry changed), so an unchanged
+ *   tree is walked (lstat) but not re-read.
  * - `git://remote#ref`: the `git` CLI; the ref is resolved with
  *   `git ls-remote` (a 40-hex ref is used as is) and the commit is part of the
  *   cache digest; the checkout is a shallow fetch of that commit;
  *   `git.subdir` keeps only that directory, `git.keepgitdir` keeps `.git`.
  * - `http://`, `https://`: one file fetched with `fetch`; `http.checksum`
  *   is verified (DataLoss on mismatch), `http.filename` names it (default:
- *   the URL's last segment, else `index`), `http.perm` sets its mode (0644).
+ *   the URL's last segment, else `index`), `http.perm` sets its mode (0600).
  *   Without a checksum the file is downloaded while computing the cache map
  *   and its digest is part of the cache digest (no HTTP caching headers).
  */
@@ -30,13 +31,13 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { sha256 } from '../core/digest.ts';
 import { errDataLoss, errInvalidArgument, errNotFound, errUnavailable, wrap } from '../core/errors.ts';
-import { writeFileAtomic } from '../core/runtime/spec.ts';
 import type { Platform, SourceOp as SourceOpPb } from '../gen/kiln/llb/v1/llb_pb.ts';
 import { ATTR } from '../llb/source.ts';
 import type { CacheMap, Op, OpContext, Result } from '../solver/types.ts';
-import { checksumTree, type FileHashCache, patternFilter } from './checksum.ts';
+import { checksumTree, patternFilter } from './checksum.ts';
 import type { OpEnv } from './env.ts';
 import { copyEntry, lstatMaybe } from './fsutil.ts';
+import { hashCacheFor } from './hashcache.ts';
 import { PatternMatcher } from './patterns.ts';
 import { ensureEmptySnapshot, OpSession, SnapshotRef } from './refs.ts';
 
@@ -44,63 +45,6 @@ const execFileAsync = promisify(execFile);
 
 function jsonList(v: string | undefined): string[] {
   return v ? (JSON.parse(v) as string[]) : [];
-}
-
-/** The persistent file hash cache of local sources (one per state directory). */
-class JsonHashCache implements FileHashCache {
-  readonly #file: string;
-  #map = new Map<string, string>();
-  #used = new Set<string>();
-  #dirty = false;
-
-  constructor(file: string) {
-    this.#file = file;
-  }
-
-  async load(): Promise<void> {
-    try {
-      this.#map = new Map(
-        Object.entries(JSON.parse(await fs.readFile(this.#file, 'utf8')) as Record<string, string>),
-      );
-    } catch {
-      this.#map = new Map();
-    }
-  }
-
-  get(key: string): string | undefined {
-    const v = this.#map.get(key);
-    if (v !== undefined) this.#used.add(key);
-    return v;
-  }
-
-  set(key: string, value: string): void {
-    this.#map.set(key, value);
-    this.#used.add(key);
-    this.#dirty = true;
-  }
-
-  /** Writes the entries of this walk plus the others, dropping nothing (bounded at 200k entries). */
-  async save(): Promise<void> {
-    if (!this.#dirty) return;
-    let entries = [...this.#map];
-    if (entries.length > 200_000) entries = entries.filter(([k]) => this.#used.has(k));
-    await fs.mkdir(path.dirname(this.#file), { recursive: true });
-    await writeFileAtomic(this.#file, JSON.stringify(Object.fromEntries(entries)));
-    this.#dirty = false;
-  }
-}
-
-const hashCaches = new Map<string, Promise<JsonHashCache>>();
-
-function hashCacheFor(stateDir: string): Promise<JsonHashCache> {
-  const file = path.join(stateDir, 'local-checksums.json');
-  let p = hashCaches.get(file);
-  if (!p) {
-    const c = new JsonHashCache(file);
-    p = c.load().then(() => c);
-    hashCaches.set(file, p);
-  }
-  return p;
 }
 
 interface LocalSpec {
@@ -355,7 +299,8 @@ export class SourceOp implements Op {
       }
       const urlName = new URL(this.#op.identifier).pathname.split('/').filter(Boolean).pop() || 'index';
       const name = this.#op.attrs[ATTR.httpFilename] || urlName;
-      const perm = this.#op.attrs[ATTR.httpPerm] ? Number.parseInt(this.#op.attrs[ATTR.httpPerm]!, 8) : 0o644;
+      // Default 0600, as BuildKit's http source.
+      const perm = this.#op.attrs[ATTR.httpPerm] ? Number.parseInt(this.#op.attrs[ATTR.httpPerm]!, 8) : 0o600;
       const dst = path.join(target, path.posix.basename(name));
       await fs.copyFile(file, dst);
       await fs.chmod(dst, perm);
