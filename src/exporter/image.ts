@@ -3,15 +3,16 @@
  * computes (or reuses) the layers of the result snapshot chain (./layers.ts),
  * completes the frontend's image config and writes config and manifest.
  *
- * - Layers: every snapshot of the chain, root first; empty layers (no change)
- *   are left out, as BuildKit does.
+ * - Layers: every snapshot of the chain, root first. When the history's
+ *   non-empty entries match the snapshots one to one (a Dockerfile build),
+ *   every layer is kept, empty ones (no change) included, as BuildKit does
+ *   (a COPY whose wildcard matched nothing still records a layer);
+ *   otherwise empty layers are left out.
  * - Config: `rootfs.diff_ids` = the layers' diff IDs (the frontend's list is
  *   replaced); `created` = now, or SOURCE_DATE_EPOCH; history entries without
  *   `created` get it, and with SOURCE_DATE_EPOCH later ones are clamped to it.
- *   History is made consistent with the layers: when the non-empty history
- *   entries match the snapshots one to one, an entry whose snapshot turned
- *   out empty becomes `empty_layer`; then surplus non-empty entries (from the
- *   last) become `empty_layer` and missing ones are appended (created_by
+ *   History is made consistent with the layers: surplus non-empty entries
+ *   (from the last) become `empty_layer` and missing ones are appended (created_by
  *   names the snapshot, comment `kiln.exporter.image.v0`).
  * - Manifest: OCI media types by default, Docker schema 2 ones with
  *   `ociMediaTypes: false` (zstd needs OCI). Layer descriptors carry only
@@ -72,7 +73,7 @@ export interface BuiltImage {
   config: ImageConfig;
   configDesc: Descriptor;
   configBytes: Uint8Array;
-  /** The non-empty layers, in manifest order. */
+  /** The image's layers, in manifest order (see the module comment for empty ones). */
   layers: SnapshotLayer[];
   /** Chain ID of the top layer (the rootfs snapshot name unpack uses), if any. */
   chainID: Digest | undefined;
@@ -123,6 +124,12 @@ export async function putBlob(
   }
 }
 
+/** The layers an image gets (see the module comment): all when the history accounts for each, else the non-empty ones. */
+function keptLayers(history: readonly HistoryEntry[], all: SnapshotLayer[]): SnapshotLayer[] {
+  if (history.filter((h) => !h.empty_layer).length === all.length) return all;
+  return all.filter((l) => !l.empty);
+}
+
 /** Makes the history agree with the layers (see the module comment). */
 function normalizeHistory(
   history: HistoryEntry[],
@@ -132,13 +139,7 @@ function normalizeHistory(
 ): HistoryEntry[] {
   const out = history.map((h) => ({ ...h }));
   const nonEmpty = (): HistoryEntry[] => out.filter((h) => !h.empty_layer);
-  const entries = nonEmpty();
-  if (entries.length === all.length) {
-    all.forEach((l, i) => {
-      if (l.empty) entries[i]!.empty_layer = true;
-    });
-  }
-  const layers = all.filter((l) => !l.empty);
+  const layers = keptLayers(history, all);
   const now = nonEmpty();
   for (let i = layers.length; i < now.length; i++) now[i]!.empty_layer = true;
   for (let i = now.length; i < layers.length; i++) {
@@ -203,7 +204,7 @@ export async function buildImage(core: Core, opts: BuildImageOptions): Promise<B
           ...(opts.signal ? { signal: opts.signal } : {}),
           ...(opts.progress ? { progress: opts.progress } : {}),
         });
-  const layers = all.filter((l) => !l.empty);
+  const layers = keptLayers(opts.config.history ?? [], all);
   const created = formatTime(sde !== undefined ? new Date(sde * 1000) : (opts.now?.() ?? new Date()));
   const src = opts.config;
   const history = normalizeHistory(src.history ?? [], all, created, sde);

@@ -79,6 +79,8 @@ export interface CopyOptions {
   exclude?: readonly string[];
   /** Replace an existing destination even when its type differs (file over directory). */
   alwaysReplaceExisting?: boolean;
+  /** Extract a source file that is a tar archive (plain, gzip, bzip2, xz) into the destination (Dockerfile ADD). */
+  attemptUnpack?: boolean;
 }
 
 type Action =
@@ -326,6 +328,7 @@ export class FileVertex implements Vertex {
               includePatterns: [...(o.include ?? [])],
               excludePatterns: [...(o.exclude ?? [])],
               alwaysReplaceExisting: o.alwaysReplaceExisting ?? false,
+              attemptUnpack: o.attemptUnpack ?? false,
             }),
           };
           break;

@@ -228,7 +228,7 @@ export interface HttpOptions extends OpOptions {
   checksum?: string;
   /** The file's name in the result; default: the last path segment of the URL. */
   filename?: string;
-  /** Permission bits of the file; default 0o644. */
+  /** Permission bits of the file; default 0o600 (as BuildKit). */
   chmod?: number;
 }
 

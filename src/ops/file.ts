@@ -21,8 +21,11 @@
  *   dest), `createDestPath`, include/exclude patterns relative to the source
  *   (dockerignore semantics), owner (names resolved in the destination
  *   tree's /etc/passwd and /etc/group), mode, timestamp; hard links within
- *   one copy stay hard links; xattrs are kept. Dest ending in '/', an existing
- *   directory, or several sources: copy into it as `dest/<basename>`.
+ *   one source's tree stay hard links (not across the sources of a
+ *   wildcard); xattrs are kept. Dest ending in '/', an existing directory,
+ *   or several sources: copy into it as `dest/<basename>`.
+ *   `attemptUnpack`: a source file that is a tar archive is extracted into
+ *   dest instead (./unpack.ts).
  *
  * Cache map: the op digest; an input read only as a copy source gets a
  * content-based dep whose selector is the copied path(s), so changes
@@ -46,6 +49,7 @@ import type { OpEnv } from './env.ts';
 import { copyEntry, lstatMaybe, mkdirAllInRoot, resolveInRoot, resolveOwner } from './fsutil.ts';
 import { hasGlob, PatternMatcher } from './patterns.ts';
 import { OpSession, type SnapshotRef, snapshotOf } from './refs.ts';
+import { unpackArchive } from './unpack.ts';
 
 function seconds(ts: { seconds: bigint; nanos: number } | undefined): number | undefined {
   return ts ? Number(ts.seconds) + ts.nanos / 1e9 : undefined;
@@ -125,14 +129,13 @@ async function copyAction(
   const include = new PatternMatcher(a.includePatterns);
   const exclude = new PatternMatcher(a.excludePatterns);
   const { filter, descend } = patternFilter(include, exclude);
-  const opts = {
+  const common = {
     ...(owner ? { owner } : {}),
     ...(a.mode !== undefined ? { mode: a.mode & 0o7777 } : {}),
     ...(a.timestamp ? { timestamp: seconds(a.timestamp) } : {}),
     followTop: a.followSymlink,
     filter,
     descend,
-    links: new Map<string, string>(),
     signal,
   };
   const destHost = await resolveInRoot(root, a.dest);
@@ -147,10 +150,19 @@ async function copyAction(
     return h;
   };
   for (const src of sources) {
+    // Hard links are kept within one source's tree, not across sources (as BuildKit).
+    const opts = { ...common, links: new Map<string, string>() };
     const srcHost = await resolveInRoot(srcRoot, src, a.followSymlink);
     const st = await fs.stat(srcHost).catch(() => undefined);
     const lst = await fs.lstat(srcHost);
     const isDir = lst.isDirectory() || (a.followSymlink && st?.isDirectory() === true);
+    if (
+      a.attemptUnpack &&
+      st?.isFile() &&
+      (await unpackArchive(srcHost, root, a.dest, () => ensureDir(a.dest)))
+    ) {
+      continue;
+    }
     if (isDir && a.dirContentsOnly) {
       const target = await ensureDir(a.dest);
       for (const name of (await fs.readdir(srcHost)).sort()) {

@@ -118,7 +118,7 @@ void describe('snapshot layers and image assembly', () => {
     assert.equal(built.manifest.config.mediaType, 'application/vnd.docker.container.image.v1+json');
     assert.deepEqual(
       built.manifest.layers.map((l) => l.mediaType),
-      Array(3).fill('application/vnd.docker.image.rootfs.diff.tar.gzip'),
+      Array(4).fill('application/vnd.docker.image.rootfs.diff.tar.gzip'),
     );
     await assert.rejects(
       buildImage(core, {

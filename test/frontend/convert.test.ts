@@ -116,6 +116,21 @@ function pick(cfg: ImageConfig) {
 
 const CASES: { name: string; dockerfile: string; target?: string; buildArgs?: Record<string, string> }[] = [
   {
+    name: 'FROM scratch: WorkingDir "/"; an ENTRYPOINT alone sets no ArgsEscaped',
+    dockerfile: `FROM scratch
+COPY --from=kiln-test/busybox /bin/busybox /bin/busybox
+ENV ONLY=scratch
+ENTRYPOINT ["/bin/busybox", "true"]
+`,
+  },
+  {
+    name: 'ENTRYPOINT then CMD: ArgsEscaped comes from CMD',
+    dockerfile: `FROM kiln-test/busybox
+ENTRYPOINT ["/bin/echo"]
+CMD ["hi"]
+`,
+  },
+  {
     name: 'every metadata instruction, ARG/ENV scoping, RUN history, COPY/ADD',
     buildArgs: { V: '2.0', UNUSED: 'u' },
     dockerfile: `ARG BASE=kiln-test/busybox
@@ -457,7 +472,7 @@ COPY package.json src/*.ts /app/
 RUN --mount=type=bind,target=/cfg,source=config true
 `);
     const ctx = sources(r.ops).find((s) => s.identifier === 'local://context')!;
-    assert.equal(ctx.attrs['local.followpaths'], JSON.stringify(['config', 'package.json', 'src/']));
+    assert.equal(ctx.attrs['local.followpaths'], JSON.stringify(['config', 'package.json', 'src']));
   });
 
   it('ADD: URLs → http, git URLs → git, --checksum, --keep-git-dir, local files', async () => {
@@ -491,6 +506,13 @@ ADD local.tar /l/
         ['/local.tar', '/l/'],
       ],
     );
+    // Only the local ADD source is extracted if it is an archive (URLs and git never are).
+    assert.deepEqual(
+      cp.map((c) => c.attemptUnpack),
+      [false, false, false, false, true],
+    );
+    const plain = copies((await convert('FROM busybox\nCOPY local.tar /l/\n')).ops);
+    assert.equal(plain[0]!.attemptUnpack, false);
     await assert.rejects(
       convert('FROM busybox\nADD --checksum=nope https://e.com/x /x\n'),
       /Dockerfile:2: invalid --checksum/,

@@ -256,6 +256,18 @@ describe('structure', () => {
     assert.equal((actions[2]!.action.value as pb.FileActionRm).path, '/etc/motd');
   });
 
+  test('copy options reach the copy action; attemptUnpack is off unless asked and changes the digest', () => {
+    const ctx = local('ctx');
+    const op = (s: State) => theOnly(graphOf(s), 'file');
+    const plain = op(image('busybox').file(copy(ctx, '/a.tar', '/x/')));
+    const unpack = op(image('busybox').file(copy(ctx, '/a.tar', '/x/', { attemptUnpack: true })));
+    const cp = (v: DefinitionVertex) =>
+      (v.op.op.value as pb.FileOp).actions[0]!.action.value as pb.FileActionCopy;
+    assert.equal(cp(plain).attemptUnpack, false);
+    assert.equal(cp(unpack).attemptUnpack, true);
+    assert.notEqual(plain.digest, unpack.digest);
+  });
+
   test('merge drops scratch inputs; diff records lower and upper', () => {
     const base = image('busybox');
     assert.equal(merge([scratch(), base, scratch()]), base);

@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
+import { isKilnError } from '../../src/core/errors.ts';
 import { tempMountRoot } from '../../src/core/mount/mount.ts';
 import { readMountinfo } from '../../src/core/mount/mountinfo.ts';
 import { copy, image, local, marshal, merge } from '../../src/llb/index.ts';
@@ -303,4 +304,22 @@ test('a failing exec names the command and the exit code', async () => {
     /process "\/bin\/sh -c echo oops >&2; exit 3" did not complete successfully: exit code 3/,
   );
   assert.match(logsOf(p.events), /oops/);
+});
+
+test('an exec whose command cannot be started fails with exit code 1, as BuildKit', async () => {
+  const w = fx.worker();
+  await assert.rejects(
+    w.solveDefinition(
+      marshal(
+        image('busybox')
+          .run({ args: ['/no/such/binary', 'arg'] })
+          .root(),
+      ),
+    ),
+    (err: unknown) =>
+      isKilnError(err, 'NotFound') &&
+      /process "\/no\/such\/binary arg" did not complete successfully: exit code 1: exec: "\/no\/such\/binary": stat/.test(
+        err.message,
+      ),
+  );
 });

@@ -145,6 +145,8 @@ test('http source: checksum, filename and mode; a wrong checksum fails', async (
     assert.equal(st.mode & 0o777, 0o755);
     const plain = await w.solveDefinition(marshal(httpSource(`http://127.0.0.1:${port}/dir/file.bin`)));
     assert.deepEqual(await fx.read(plain, (d) => fs.readdir(d)), ['file.bin']);
+    // Without chmod the file is 0600, as BuildKit's http source makes it.
+    assert.equal((await fx.read(plain, (d) => fs.stat(`${d}/file.bin`))).mode & 0o777, 0o600);
     await assert.rejects(
       w.solveDefinition(
         marshal(httpSource(`http://127.0.0.1:${port}/other`, { checksum: `sha256:${'0'.repeat(64)}` })),

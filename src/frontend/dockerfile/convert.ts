@@ -27,17 +27,19 @@
  *   .dockerignore lines.
  *
  * - Image config and history follow docker 20.10's BuildKit (see
- *   image-config.ts): CMD/ENTRYPOINT set ArgsEscaped, ENTRYPOINT clears a
+ *   image-config.ts): CMD (not ENTRYPOINT) sets ArgsEscaped, ENTRYPOINT clears a
  *   CMD inherited from the base, ONBUILD triggers of the base run first and
  *   are cleared, ONBUILD and global ARGs write no history.
  *
- * Limits: ADD's tar auto-extraction cannot be marked in the copy action yet
- * (src/llb has no unpack option); `RUN --mount=type=secret,env=` is refused
+ * - ADD of a local or --from source sets the copy's `attemptUnpack` (tar
+ *   archives are extracted); URL and git sources are never extracted.
+ *
+ * Limits: `RUN --mount=type=secret,env=` is refused
  * (no env secrets in the LLB); only the build's target platform is built.
  */
 import { posix } from 'node:path';
 import { parseDigest } from '../../core/digest.ts';
-import { errNotFound, KilnError } from '../../core/errors.ts';
+import { errInvalidArgument, errNotFound, KilnError } from '../../core/errors.ts';
 import { hostPlatform, normalizePlatform, parsePlatform } from '../../core/images/platform.ts';
 import { parseReference } from '../../core/images/reference.ts';
 import type { ImageConfig, Platform } from '../../core/images/types.ts';
@@ -272,6 +274,7 @@ class Converter {
       target = this.stages.findIndex((s) => s.name === t);
       if (target < 0) throw errNotFound(`failed to reach build target "${this.opts.target}" in ${this.file}`);
     }
+    this.checkCycles();
     // Start resolving the base images of statically reachable stages now, in parallel.
     for (const idx of this.reachable(target)) {
       const s = this.stages[idx]!;
@@ -315,7 +318,8 @@ class Converter {
    * The first pass only records paths; the second makes the real source.
    */
   context(path: string): State {
-    const p = posix.join('/', path);
+    // No trailing slash: `link/` must send the symlink `link` (and its target).
+    const p = posix.join('/', path).replace(/(.)\/+$/, '$1');
     if (this.collecting) {
       this.contextPaths.add(p);
       return local(this.opts.contextName ?? 'context');
@@ -365,39 +369,72 @@ class Converter {
     }
   }
 
-  /** Stages the target needs, by a static look at FROM, COPY --from and RUN --mount from=. */
+  /** The stages stage `i` depends on, by a static look at FROM, COPY --from and RUN --mount from=. */
+  stageDeps(i: number): number[] {
+    const s = this.stages[i]!;
+    const deps: number[] = [];
+    const base = this.baseOf(s);
+    if (base.kind === 'stage') deps.push(base.index);
+    for (const ins of s.commands) {
+      const froms: string[] = [];
+      if ((ins.kind === 'copy' || ins.kind === 'add') && ins.from !== undefined) froms.push(ins.from);
+      if (ins.kind === 'run') {
+        for (const m of ins.mounts) for (const o of m) if (o.key === 'from' && o.value) froms.push(o.value);
+      }
+      for (const f of froms) {
+        const idx = this.stageRef(f, i);
+        if (idx !== undefined) deps.push(idx);
+      }
+    }
+    return deps;
+  }
+
+  /** Stages the target needs (see stageDeps). */
   reachable(target: number): Set<number> {
     const seen = new Set<number>();
     const visit = (i: number): void => {
       if (seen.has(i)) return;
       seen.add(i);
-      const s = this.stages[i]!;
-      const base = this.baseOf(s);
-      if (base.kind === 'stage') visit(base.index);
-      for (const ins of s.commands) {
-        const froms: string[] = [];
-        if ((ins.kind === 'copy' || ins.kind === 'add') && ins.from !== undefined) froms.push(ins.from);
-        if (ins.kind === 'run') {
-          for (const m of ins.mounts) for (const o of m) if (o.key === 'from' && o.value) froms.push(o.value);
-        }
-        for (const f of froms) {
-          const idx = this.stageRef(f, i);
-          if (idx !== undefined) visit(idx);
-        }
-      }
+      for (const d of this.stageDeps(i)) visit(d);
     };
     visit(target);
     return seen;
   }
 
-  /** A stage referred to by name or index from stage `current`, or undefined (an image). */
+  /**
+   * Fails when stages depend on each other in a cycle (a --from naming the
+   * stage itself or a later stage that depends back), with BuildKit's
+   * message naming the stage where the cycle closes.
+   */
+  checkCycles(): void {
+    const done = new Set<number>();
+    const path = new Set<number>();
+    const visit = (i: number): void => {
+      if (done.has(i)) return;
+      if (path.has(i)) {
+        const s = this.stages[i]!;
+        throw errInvalidArgument(`circular dependency detected on stage: ${s.name ?? `stage-${s.index}`}`);
+      }
+      path.add(i);
+      for (const d of this.stageDeps(i)) visit(d);
+      path.delete(i);
+      done.add(i);
+    };
+    for (let i = 0; i < this.stages.length; i++) visit(i);
+  }
+
+  /**
+   * A stage referred to by name or index from stage `current`, or undefined
+   * (an image). A name may be any stage's, earlier or later (as BuildKit;
+   * checkCycles refuses cycles); an index must be an earlier stage's.
+   */
   stageRef(ref: string, current: number): number | undefined {
     if (/^[0-9]+$/.test(ref)) {
       const n = Number(ref);
       if (n >= current) return undefined;
       return n;
     }
-    const idx = this.stages.findIndex((s) => s.index < current && s.name === ref.toLowerCase());
+    const idx = this.stages.findIndex((s) => s.name === ref.toLowerCase());
     return idx >= 0 ? idx : undefined;
   }
 
@@ -712,7 +749,8 @@ class StageDispatch {
           cc.Entrypoint = value;
           if (!this.cmdSet) delete cc.Cmd;
         }
-        cc.ArgsEscaped = true;
+        // BuildKit v0.8 sets ArgsEscaped for CMD only.
+        if (ins.kind === 'cmd') cc.ArgsEscaped = true;
         this.history(`${ins.kind.toUpperCase()} ${goQuoteList(value)}`, false);
         return;
       }
@@ -1028,7 +1066,7 @@ class StageDispatch {
         const pattern = posix.normalize(pivot >= 0 ? p.slice(pivot + 3) : p).replace(/^\/+/, '');
         add(from, root, dest.endsWith('/') ? dest : `${dest}/`, { ...opts, include: [pattern] });
       } else {
-        add(from, posix.join('/', src), dest, opts);
+        add(from, posix.join('/', src), dest, isAdd ? { ...opts, attemptUnpack: true } : opts);
       }
     }
     if (!actions) this.c.fail(node, `${kw} has no source`);

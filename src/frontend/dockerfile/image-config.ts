@@ -19,12 +19,12 @@ import { goQuote } from './dump.ts';
 export const HISTORY_COMMENT = 'buildkit.dockerfile.v0';
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
-/** A fresh config for `FROM scratch` on `platform` (Env holds the default PATH). */
+/** A fresh config for `FROM scratch` on `platform` (Env holds the default PATH, WorkingDir is "/", as BuildKit's). */
 export function emptyImageConfig(platform: Platform): ImageConfig {
   const cfg: ImageConfig = {
     architecture: platform.architecture,
     os: platform.os,
-    config: { Env: [`PATH=${DEFAULT_PATH}`] },
+    config: { Env: [`PATH=${DEFAULT_PATH}`], WorkingDir: '/' },
     rootfs: { type: 'layers', diff_ids: [] },
     history: [],
   };
