@@ -6,10 +6,10 @@
  */
 import type { Command } from 'commander';
 import { pino, type Logger } from 'pino';
-import { rm } from 'node:fs/promises';
 import { LocalContentStore } from '../core/content/store.ts';
 import { acquireStateLock, type StateLock } from '../core/lock.ts';
 import { openCore, type Core } from '../core/metadata/index.ts';
+import { removeTree } from '../core/fs/safe.ts';
 import { setTempMountRoot, unmountAll } from '../core/mount/mount.ts';
 import { recoverMounts } from '../core/mount/recovery.ts';
 
@@ -77,8 +77,9 @@ export function createContext(program: Command): CliContext {
           if (lock.exclusive) {
             // Exec bundles belong to running builds; with the root to ourselves, any left are stale.
             const bundles = `${g.root}/ops/bundles`;
-            await unmountAll(bundles).catch(() => {});
-            await rm(bundles, { recursive: true, force: true });
+            await unmountAll(bundles);
+            // Never recursively through a mount that could not be unmounted.
+            await removeTree(bundles);
           }
         } finally {
           lock.downgrade();

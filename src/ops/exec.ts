@@ -6,7 +6,8 @@
  * - bind: read-only mounts view their input's snapshot (a selector binds a
  *   sub-path, and an input used only that way is a content-based cache dep
  *   on the selected paths); writable mounts prepare their own snapshot, which becomes an
- *   output. Outputs are committed as results after the process exits 0 (or a
+ *   output. A selector resolves inside the input's tree (symlinks followed
+ *   as if it were `/`), never to a host path. Outputs are committed as results after the process exits 0 (or a
  *   code in `validExitCodes`).
  * - cache: a persistent directory per cache id under
  *   `<stateDir>/cache-mounts/`, bound into the container; never part of any
@@ -23,8 +24,13 @@
  *   unless optional.
  * - network: host, or none (also for `sandbox`: there is no isolated network
  *   with connectivity yet); extra hosts are appended to /etc/hosts.
+ * - mount points the runtime had to create in the rootfs are pruned after
+ *   the run when still empty, only below the rootfs, never through a
+ *   symlink or a mount (`missingMountPoints` / `removeStubs`).
  * - stdout/stderr go to the vertex progress as logs 1/2.
- * - a failing process: KilnError naming the command and the exit code.
+ * - a failing process: KilnError naming the command and the exit code; a
+ *   command that cannot be started counts as exit code 1 (the OCI runtime's
+ *   failure, as in BuildKit), with the start error in the message.
  * - abort: the runtime kills and deletes the container; mounts are
  *   unmounted, snapshots removed, the lease deleted (OpSession.close).
  */
@@ -33,6 +39,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { errNotFound, KilnError } from '../core/errors.ts';
+import { isWithin, mountsAtOrBelow, realDirsBelow, removeTree, resolveInRoot } from '../core/fs/safe.ts';
 import { mountAll, unmountAll } from '../core/mount/mount.ts';
 import { type ExtraMount, generateSpec, writeFileAtomic, writeSpec } from '../core/runtime/spec.ts';
 import {
@@ -83,27 +90,41 @@ function cacheDirName(id: string): string {
 }
 
 /**
- * The top-most missing path of each mount point: the runtime creates these
- * in the rootfs as mount targets, and they are removed again after the run
- * (when still empty) so they do not end up in the result.
+ * The top-most missing path of each mount point, relative to `rootfs`: the
+ * runtime creates these in the rootfs as mount targets, and they are removed
+ * again after the run (when still empty) so they do not end up in the
+ * result. Destinations resolve inside the rootfs as the runtime resolves
+ * them (symlinks followed as if `rootfs` were `/`), so a stub is never a
+ * host path reached through an absolute symlink in the image.
  */
-async function missingMountPoints(rootfs: string, dests: string[]): Promise<string[]> {
+export async function missingMountPoints(rootfs: string, dests: string[]): Promise<string[]> {
   const out = new Set<string>();
   for (const dest of dests) {
     let cur = '';
     for (const part of dest.split('/').filter(Boolean)) {
       cur = `${cur}/${part}`;
-      if (!(await lstatMaybe(path.join(rootfs, cur)))) {
-        out.add(cur);
-        break;
+      const host = await resolveInRoot(rootfs, cur);
+      if (await lstatMaybe(host)) continue;
+      // The top-most missing component of the resolved path (a symlink may lead several levels deep).
+      let rel = '';
+      for (const c of path.relative(rootfs, host).split(path.sep)) {
+        rel = rel ? `${rel}/${c}` : c;
+        if (!(await lstatMaybe(path.join(rootfs, rel)))) break;
       }
+      out.add(rel);
+      break;
     }
   }
-  return [...out];
+  return [...out].filter((s) => s !== '' && !s.startsWith('..'));
 }
 
-/** Removes a mount stub if it holds only empty files and directories. */
-async function removeStubs(rootfs: string, stubs: string[]): Promise<void> {
+/**
+ * Removes mount stubs that hold only empty files and directories. A stub
+ * whose parents are no longer real directories of the rootfs (the process
+ * replaced one with a symlink during the run) is left alone, as is anything
+ * with a mount at or below it; nothing is followed out of the rootfs.
+ */
+export async function removeStubs(rootfs: string, stubs: string[]): Promise<void> {
   const prune = async (abs: string): Promise<boolean> => {
     const st = await lstatMaybe(abs);
     if (!st) return true;
@@ -112,12 +133,18 @@ async function removeStubs(rootfs: string, stubs: string[]): Promise<void> {
       return true;
     }
     if (!st.isDirectory()) return false;
+    if ((await mountsAtOrBelow(abs)).length > 0) return false;
     let empty = true;
     for (const name of await fs.readdir(abs)) if (!(await prune(path.join(abs, name)))) empty = false;
     if (empty) await fs.rmdir(abs);
     return empty;
   };
-  for (const s of stubs) await prune(path.join(rootfs, s)).catch(() => false);
+  for (const s of stubs) {
+    const abs = path.join(rootfs, s);
+    if (!isWithin(abs, rootfs) || abs === path.resolve(rootfs)) continue;
+    if (!(await realDirsBelow(rootfs, path.dirname(s)))) continue;
+    await prune(abs).catch(() => false);
+  }
 }
 
 export class ExecOp implements Op {
@@ -171,14 +198,15 @@ export class ExecOp implements Op {
     try {
       if (m.input !== undefined) {
         const src = await session.mount(await session.view(snapshotOf(inputs[m.input])));
-        await copyEntry(path.join(src, path.posix.normalize(`/${m.selector}`)), tmp, { links: new Map() });
+        // The selector resolves inside the input's tree: a symlink in it never reaches host files.
+        await copyEntry(await resolveInRoot(src, m.selector), tmp, { links: new Map() });
         await session.unmount(src);
       } else await fs.mkdir(tmp, { mode: 0o755 });
       await fs.rename(tmp, dir).catch(async (err: unknown) => {
         if (!(await lstatMaybe(dir))) throw err; // else: a concurrent exec made it first
       });
     } finally {
-      await fs.rm(tmp, { recursive: true, force: true });
+      await removeTree(tmp);
     }
   }
 
@@ -214,7 +242,9 @@ export class ExecOp implements Op {
               readonlyRoot = m.readonly;
               break;
             }
-            const source = m.selector ? path.join(dir, path.posix.normalize(`/${m.selector}`)) : dir;
+            // Resolved inside the snapshot: `x -> /` in the input must not bind the host's `/etc`
+            // (writable, for a rw mount) into the container.
+            const source = m.selector ? await resolveInRoot(dir, m.selector) : dir;
             extra.push({ type: 'bind', source, destination: m.dest, readonly: m.readonly });
             break;
           }
@@ -332,11 +362,14 @@ export class ExecOp implements Op {
         signal: ctx.signal,
       });
       const valid = meta.validExitCodes.length > 0 ? meta.validExitCodes : [0];
-      if (!valid.includes(res.exitCode)) {
+      // A process that could not be started is the OCI runtime's failure, exit code 1 (as in
+      // BuildKit), not the 126/127 `docker run` reports.
+      const exitCode = res.startError ? 1 : res.exitCode;
+      if (!valid.includes(exitCode)) {
         const why = res.startError ? `: ${res.startError}` : '';
         throw new KilnError(
-          res.exitCode === 127 || res.exitCode === 126 ? 'NotFound' : 'Internal',
-          `process "${this.command}" did not complete successfully: exit code ${res.exitCode}${why}`,
+          res.startError || exitCode === 127 || exitCode === 126 ? 'NotFound' : 'Internal',
+          `process "${this.command}" did not complete successfully: exit code ${exitCode}${why}`,
         );
       }
       await removeStubs(rootfs, stubs);
@@ -355,7 +388,8 @@ export class ExecOp implements Op {
       for (const r of releases.reverse()) r();
       if (secretsDir) await unmountAll(secretsDir).catch(() => {});
       await session.close();
-      await fs.rm(bundle, { recursive: true, force: true }).catch(() => {});
+      // Refused (and left for recovery) if the secrets tmpfs could not be unmounted.
+      await removeTree(bundle).catch(() => {});
     }
   }
 }

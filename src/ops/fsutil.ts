@@ -23,46 +23,13 @@ import { constants, type BigIntStats, lstatSync, type Stats } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { errInvalidArgument, errNotFound, isErrno, wrap } from '../core/errors.ts';
+import { resolveInRoot } from '../core/fs/safe.ts';
 import { lutimesNs, native } from '../core/native/index.ts';
 import { readUserDb } from '../core/runtime/user.ts';
 import type { ChownOpt } from '../gen/kiln/llb/v1/llb_pb.ts';
 
-const MAX_LINKS = 255;
-
-/** Host path of `p` inside `root` (see the module comment). */
-export async function resolveInRoot(root: string, p: string, followLast = true): Promise<string> {
-  let pending = p.split('/').filter((c) => c !== '' && c !== '.');
-  const cur: string[] = [];
-  let links = 0;
-  while (pending.length > 0) {
-    const comp = pending.shift()!;
-    if (comp === '..') {
-      cur.pop();
-      continue;
-    }
-    const candidate = path.join(root, ...cur, comp);
-    if (pending.length === 0 && !followLast) {
-      cur.push(comp);
-      break;
-    }
-    let target: string | undefined;
-    try {
-      const st = await fs.lstat(candidate);
-      if (st.isSymbolicLink()) target = await fs.readlink(candidate);
-    } catch (err) {
-      if (!isErrno(err, 'ENOENT') && !isErrno(err, 'ENOTDIR')) throw err;
-    }
-    if (target === undefined) {
-      cur.push(comp);
-      continue;
-    }
-    if (++links > MAX_LINKS) throw errInvalidArgument(`resolve "${p}": too many levels of symbolic links`);
-    const parts = target.split('/').filter((c) => c !== '' && c !== '.');
-    if (target.startsWith('/')) cur.length = 0;
-    pending = [...parts, ...pending];
-  }
-  return path.join(root, ...cur);
-}
+/** Host path of `p` inside `root` (shared with the core: ../core/fs/safe.ts). */
+export { resolveInRoot };
 
 export async function lstatMaybe(p: string): Promise<BigIntStats | undefined> {
   try {

@@ -12,10 +12,10 @@
  * `<root>/runtime`), unless one is given. Op state (bundles, cache mounts,
  * local checksum cache) lives in `<root>/ops`.
  */
-import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { errNotFound, isKilnError } from '../core/errors.ts';
 import type { Core } from '../core/metadata/index.ts';
+import { removeTree } from '../core/fs/safe.ts';
 import { unmountAll } from '../core/mount/mount.ts';
 import { type OciRuntime, probeRuntime } from '../core/runtime/runtime.ts';
 import type { Definition, Op as OpPb } from '../gen/kiln/llb/v1/llb_pb.ts';
@@ -209,8 +209,9 @@ export class Worker {
    */
   async recover(): Promise<void> {
     const bundles = path.join(this.env.stateDir, 'bundles');
-    await unmountAll(bundles).catch(() => {});
-    await rm(bundles, { recursive: true, force: true });
+    await unmountAll(bundles);
+    // Never recursively through a mount that could not be unmounted.
+    await removeTree(bundles);
     if (this.#runtime) await (await this.#runtime).cleanupStale().catch(() => {});
   }
 

@@ -21,6 +21,8 @@ const LAYERS: [prefix: string, rank: number][] = [
   ['core/archive/', 1],
   ['core/content/', 1],
   ['core/events/', 1],
+  ['core/fs/', 1], // safe removal and path resolution inside roots
+  ['core/mount/mountinfo.ts', 1], // no Kiln imports; used by core/fs
   ['core/mount/', 2],
   ['core/snapshots/', 2],
   ['core/images/', 2], // references, OCI types, platforms

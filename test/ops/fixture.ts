@@ -8,8 +8,9 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { removeTree } from '../../src/core/fs/safe.ts';
 import { unmountAll, withTempMount } from '../../src/core/mount/mount.ts';
-import { type Core, openCore } from '../../src/core/metadata/index.ts';
+import { type Core, openCore, type SnapshotterName } from '../../src/core/metadata/index.ts';
 import { probeRuntime, type OciRuntime } from '../../src/core/runtime/runtime.ts';
 import type { ImageResolver, Sessions } from '../../src/ops/env.ts';
 import { OpSession, snapshotOf } from '../../src/ops/refs.ts';
@@ -45,9 +46,9 @@ async function busyboxRootfs(): Promise<string> {
   return rootfsDir;
 }
 
-export async function makeFixture(): Promise<Fixture> {
+export async function makeFixture(opts: { snapshotter?: SnapshotterName } = {}): Promise<Fixture> {
   const root = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-ops-'));
-  const core = await openCore({ root, namespace: 'test' });
+  const core = await openCore({ root, namespace: 'test', ...opts });
   const sn = await core.snapshotter();
   const rootfs = await busyboxRootfs();
   const mounts = await sn.prepare('import-busybox');
@@ -83,8 +84,9 @@ export async function makeFixture(): Promise<Fixture> {
     async close() {
       for (const w of workers) w.close();
       await core.close();
-      await unmountAll(root).catch(() => {});
-      await fs.rm(root, { recursive: true, force: true });
+      // No rm -rf after a failed unmount: that would delete through whatever is still mounted.
+      await unmountAll(root);
+      await removeTree(root);
       if (rootfsDir) {
         const dir = await rootfsDir;
         rootfsDir = undefined;

@@ -58,6 +58,7 @@ import { resolveImage } from '../images/push.ts';
 import { type Descriptor, type ImageConfig, isIndexMediaType, parseIndex } from '../images/types.ts';
 import { chainIDs, readManifestAndConfig, unpack } from '../images/unpack.ts';
 import type { Core, SnapshotterName } from '../metadata/index.ts';
+import { removeTree } from '../fs/safe.ts';
 import { mountAll, unmountAll } from '../mount/mount.ts';
 import { canonicalPath, mountsUnder, readMountinfo } from '../mount/mountinfo.ts';
 import { type CgroupLayout, detectCgroups } from '../runtime/cgroups.ts';
@@ -383,7 +384,7 @@ export class ContainerService {
     await rmdir(rootfs).catch((err: unknown) => {
       if (!isErrno(err, 'ENOENT')) throw wrap(err, `remove "${rootfs}"`);
     });
-    await rm(path.join(bundle, 'etc'), { recursive: true, force: true });
+    await removeTree(path.join(bundle, 'etc'));
     await rm(path.join(bundle, 'config.json'), { force: true });
     await rm(path.join(bundle, 'owner.json'), { force: true });
   }

@@ -49,7 +49,6 @@ import {
   readdir,
   readlink,
   realpath,
-  rm,
   symlink,
   chmod,
 } from 'node:fs/promises';
@@ -59,6 +58,7 @@ import * as zlib from 'node:zlib';
 import { readTar, type TarHeader } from '../archive/tar.ts';
 import { type Digest, Digester } from '../digest.ts';
 import { errDataLoss, errInvalidArgument, isErrno, isKilnError, KilnError, wrap } from '../errors.ts';
+import { removeTree } from '../fs/safe.ts';
 import { native } from '../native/index.ts';
 import { OPAQUE_WHITEOUT, WHITEOUT_PREFIX } from './compare.ts';
 import { isWhiteout, lstatMaybe } from './tree.ts';
@@ -225,9 +225,9 @@ class Applier {
     return cur;
   }
 
-  /** Removes a node (recursively for directories) without following symlinks. */
+  /** Removes a node (recursively for directories) without following symlinks or crossing a mount. */
   async remove(abs: string): Promise<void> {
-    await rm(abs, { recursive: true, force: true });
+    await removeTree(abs);
     this.#dirs.clear();
   }
 

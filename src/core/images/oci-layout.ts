@@ -35,6 +35,7 @@ import { ingestStream } from '../content/store.ts';
 import type { ContentStore } from '../content/types.ts';
 import { type Digest, parseDigest } from '../digest.ts';
 import { errDataLoss, errInvalidArgument, errNotFound, isErrno, isKilnError, wrap } from '../errors.ts';
+import { writeOutputFile } from '../fs/safe.ts';
 import type { Core, Image } from '../metadata/index.ts';
 import {
   ANNOTATION_IMAGE_NAME,
@@ -330,25 +331,19 @@ async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-/** Writes a tar file atomically: `fill(writer)` adds the entries. */
+/**
+ * Writes a tar file atomically: `fill(writer)` adds the entries. An output
+ * that is a device or FIFO (e.g. /dev/null) is written in place, never
+ * replaced (../fs/safe.ts `writeOutputFile`).
+ */
 export async function writeTarFile(out: string, fill: (w: TarWriter) => Promise<void>): Promise<void> {
-  const tmp = path.join(path.dirname(out), `.${path.basename(out)}.tmp-${randomBytes(4).toString('hex')}`);
-  const fh = await open(tmp, 'w', 0o644);
-  try {
+  await writeOutputFile(out, async (fh) => {
     const w = new TarWriter(async (c) => {
       await fh.write(c);
     });
     await fill(w);
     await w.finish();
-    await fh.sync();
-  } catch (err) {
-    await fh.close();
-    await rm(tmp, { force: true });
-    throw err;
-  }
-  await fh.close();
-  await rename(tmp, out);
-  await fsyncDir(path.dirname(out));
+  });
 }
 
 export function fileHeader(name: string, size: number): TarHeader {

@@ -62,6 +62,7 @@ import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { errAlreadyExists, errInvalidArgument, errUnavailable, KilnError, wrap } from '../errors.ts';
 import { detectCgroups } from './cgroups.ts';
+import { removeTree } from '../fs/safe.ts';
 import { generateSpec, writeFileAtomic, writeSpec } from './spec.ts';
 
 export type RuntimeName = 'crun' | 'runc';
@@ -713,7 +714,7 @@ export async function probeRuntime(opts: {
       }
     }
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    await removeTree(dir);
   }
   throw errUnavailable(
     `probe OCI runtimes: none works: ${tried.map((t) => `${t.name}: ${t.error}`).join('; ')}`,

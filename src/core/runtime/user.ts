@@ -18,12 +18,13 @@
  *
  * Parsing and resolution are pure functions; `readUserDb` is the only one that
  * touches the file system (missing files read as empty databases). Limits: no
- * NSS (LDAP, systemd-userdb), no `+`/`-` NIS compat lines (skipped), symlinked
- * /etc/passwd is followed on the host (callers pass trusted rootfs paths).
+ * NSS (LDAP, systemd-userdb), no `+`/`-` NIS compat lines (skipped). A
+ * symlinked /etc/passwd or /etc/group is followed inside the rootfs, never
+ * out to the host's files.
  */
 import { readFile } from 'node:fs/promises';
-import path from 'node:path';
 import { errNotFound, isErrno, wrap } from '../errors.ts';
+import { resolveInRoot } from '../fs/safe.ts';
 
 export interface PasswdEntry {
   name: string;
@@ -149,10 +150,14 @@ export function resolveUser(spec: string, passwd: PasswdEntry[], groups: GroupEn
   return { uid, gid, additionalGids, home, ...(name !== undefined ? { name } : {}) };
 }
 
-/** Reads `<rootfs>/etc/passwd` and `<rootfs>/etc/group`; a missing file is an empty database. */
+/**
+ * Reads `<rootfs>/etc/passwd` and `<rootfs>/etc/group`; a missing file is an
+ * empty database. Symlinks resolve inside the rootfs (an image's
+ * `/etc/passwd -> /x` never reads the host's file).
+ */
 export async function readUserDb(rootfs: string): Promise<{ passwd: PasswdEntry[]; groups: GroupEntry[] }> {
   const read = async (rel: string): Promise<string> => {
-    const file = path.join(rootfs, rel);
+    const file = await resolveInRoot(rootfs, rel);
     try {
       return await readFile(file, 'utf8');
     } catch (err) {

@@ -18,7 +18,7 @@
  * du(1)-like: allocated blocks and inodes, a hard-linked inode counted once.
  */
 import { fsyncSync, openSync, closeSync, renameSync } from 'node:fs';
-import { lstat, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { compileFilters, fieldLookup } from '../content/filters.ts';
 import {
@@ -28,7 +28,7 @@ import {
   errAlreadyExists,
   isErrno,
 } from '../errors.ts';
-import { mountsUnder, readMountinfo } from '../mount/mountinfo.ts';
+import { mountsAtOrBelow, removeTree } from '../fs/safe.ts';
 import { recoverMounts } from '../mount/recovery.ts';
 import { acquireStateLock, type StateLock } from '../lock.ts';
 import { MetaStore, type SnapshotRecord, toInfo } from './storage.ts';
@@ -63,15 +63,6 @@ function fsyncDir(dir: string): void {
   } finally {
     closeSync(fd);
   }
-}
-
-/** rm -rf that refuses to run while anything is mounted at or below `p`. */
-async function removeTree(p: string): Promise<void> {
-  const mounted = mountsUnder(await readMountinfo(), p);
-  if (mounted.length > 0) {
-    throw errFailedPrecondition(`remove "${p}": "${mounted[0].mountPoint}" is still mounted`);
-  }
-  await rm(p, { recursive: true, force: true });
 }
 
 /** One state lock per driver root and process, held while any driver of this process has it open. */
@@ -230,7 +221,7 @@ export abstract class DirSnapshotter implements Snapshotter {
         return r;
       });
     } catch (err) {
-      await rm(tmp, { recursive: true, force: true });
+      await removeTree(tmp);
       throw err;
     }
     fsyncDir(this.snapshotsDir);
@@ -251,6 +242,15 @@ export abstract class DirSnapshotter implements Snapshotter {
 
   async remove(key: string): Promise<void> {
     this.check();
+    // Refuse before the record goes: a snapshot still mounted (e.g. its own fs bind-mounted
+    // somewhere below it) is never deleted through the mount.
+    const known = this.ms.get(key);
+    if (known) {
+      const mounted = await mountsAtOrBelow(this.dir(known.id));
+      if (mounted.length > 0) {
+        throw errFailedPrecondition(`remove snapshot "${key}": "${mounted[0]}" is still mounted`);
+      }
+    }
     const trash = path.join(
       this.snapshotsDir,
       `tmp-rm-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`,
