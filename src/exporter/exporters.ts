@@ -34,9 +34,10 @@
  * than ../core/images/oci-layout.ts: it streams to any sink (stdout), writes
  * unnamed images without annotations and uses the blobs already known.
  */
+import { openOutputFile } from '../core/fs/safe.ts';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { mkdir, open } from 'node:fs/promises';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { TarWriter, type TarHeader } from '../core/archive/tar.ts';
@@ -108,16 +109,10 @@ interface Sink {
   abort(): Promise<void>;
 }
 
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
-/** A file written to a temporary name, fsynced and renamed on commit; or stdout. */
+/**
+ * A file written to a temporary name, fsynced and renamed on commit; an existing
+ * device or FIFO (e.g. `dest=/dev/null`) written in place, never replaced; or stdout.
+ */
 async function openSink(dest: string | undefined, stdout: Writable | undefined): Promise<Sink> {
   if (dest === undefined || dest === '-') {
     const out = stdout ?? process.stdout;
@@ -129,26 +124,13 @@ async function openSink(dest: string | undefined, stdout: Writable | undefined):
       async abort() {},
     };
   }
-  const file = path.resolve(dest);
-  await mkdir(path.dirname(file), { recursive: true });
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.tmp-${randomBytes(4).toString('hex')}`);
-  const fh = await open(tmp, 'w', 0o644);
-  let closed = false;
+  const out = await openOutputFile(path.resolve(dest));
   return {
     async write(c) {
-      await fh.write(c);
+      await out.handle.write(c);
     },
-    async commit() {
-      await fh.sync();
-      await fh.close();
-      closed = true;
-      await rename(tmp, file);
-      await fsyncDir(path.dirname(file));
-    },
-    async abort() {
-      if (!closed) await fh.close().catch(() => {});
-      await rm(tmp, { force: true });
-    },
+    commit: () => out.commit(),
+    abort: () => out.abort(),
   };
 }
 

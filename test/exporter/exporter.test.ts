@@ -359,6 +359,23 @@ void describe('exporters on a built snapshot chain', () => {
     assert.deepEqual([...times], ['1970-01-01 00:16:40']);
   });
 
+  void test('an output to a device (dest=/dev/null style) writes into it and never replaces it', async () => {
+    // A private null device, so the host's /dev/null is never at stake.
+    const dev = join(work, 'null-copy');
+    await execFileP('mknod', ['-m', '666', dev, 'c', '1', '3']);
+    for (const type of ['tar', 'oci', 'docker']) {
+      await exportResult(core, {
+        snapshot: result,
+        config: chainConfig(),
+        outputs: [
+          parseOutputSpec(`type=${type},dest=${dev}${type === 'tar' ? '' : ',name=kiln-test/dev:1'}`),
+        ],
+      });
+      const st = await lstat(dev);
+      assert.ok(st.isCharacterDevice(), `${type} output left ${dev} a character device`);
+    }
+  });
+
   void test('SOURCE_DATE_EPOCH: two independent builds of the same inputs give the same manifest digest', async () => {
     const other = await openCore({ root: join(work, 'state2'), namespace: 'exp' });
     try {
