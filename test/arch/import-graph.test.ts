@@ -84,7 +84,7 @@ function graph(): Map<string, string[]> {
     const deps: string[] = [];
     for (const m of text.matchAll(IMPORT_RE)) {
       const spec = m[1] ?? m[2];
-      if (!spec || !spec.startsWith('.')) continue;
+      if (!spec?.startsWith('.')) continue;
       deps.push(relative(src, resolve(dirname(abs), spec)));
     }
     g.set(file, deps);
