@@ -979,7 +979,9 @@ class StageDispatch {
     const dest0 = this.c.expand(node, ins.dest, env);
     const wd = this.cc.WorkingDir || '/';
     let dest = posix.isAbsolute(dest0) ? dest0 : posix.join('/', wd, dest0);
-    const dirDest = dest0.endsWith('/') || dest0.endsWith('/.') || dest0 === '.' || ins.sources.length > 1;
+    // Several sources onto a path without a trailing slash: BuildKit copies each onto that path in
+    // turn (the last wins), unlike the legacy builder, which refuses; Kiln follows BuildKit.
+    const dirDest = dest0.endsWith('/') || dest0.endsWith('/.') || dest0 === '.';
     if (dirDest && !dest.endsWith('/')) dest += '/';
     const opts: CopyOptions = {
       createDestPath: true,
