@@ -5,12 +5,14 @@
  */
 import { Command, CommanderError } from 'commander';
 import { KilnError } from '../core/errors.ts';
+import { registerBuildCommand } from './commands/build.ts';
 import { registerContentCommands } from './commands/content.ts';
 import { registerDebugCommands } from './commands/debug.ts';
 import { registerDiffCommands } from './commands/diff.ts';
 import { registerGcCommand } from './commands/gc.ts';
 import { registerImageCommands } from './commands/images.ts';
 import { registerNamespaceCommands } from './commands/namespace.ts';
+import { registerRunCommands } from './commands/run.ts';
 import { registerSnapshotCommands } from './commands/snapshot.ts';
 import { createContext, defaultRoot } from './context.ts';
 
@@ -35,6 +37,7 @@ export function buildProgram(): { program: Command; close(): Promise<void> } {
       'log level: trace, debug, info, warn, error',
       process.env.KILN_LOG_LEVEL ?? 'warn',
     )
+    .enablePositionalOptions()
     .showHelpAfterError()
     .exitOverride()
     .addHelpText(
@@ -54,6 +57,8 @@ Examples:
   registerDiffCommands(program, ctx);
   registerGcCommand(program, ctx);
   registerImageCommands(program, ctx);
+  registerRunCommands(program, ctx);
+  registerBuildCommand(program, ctx);
   registerDebugCommands(program);
   for (const cmd of program.commands) cmd.exitOverride();
   return { program, close: () => ctx.close() };

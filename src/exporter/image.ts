@@ -142,12 +142,17 @@ function normalizeHistory(
   const layers = keptLayers(history, all);
   const now = nonEmpty();
   for (let i = layers.length; i < now.length; i++) now[i]!.empty_layer = true;
-  for (let i = now.length; i < layers.length; i++) {
-    out.push({
-      created,
-      created_by: `kiln snapshot ${layers[i]!.snapshot}`,
-      comment: 'kiln.exporter.image.v0',
-    });
+  // Layers without a history entry are the base image's (an image made without history):
+  // describe them first, by content, so that the same inputs give the same config.
+  const missing = layers.length - now.length;
+  if (missing > 0) {
+    out.unshift(
+      ...layers.slice(0, missing).map((l) => ({
+        created,
+        created_by: `layer ${l.diffID}`,
+        comment: 'kiln.exporter.image.v0',
+      })),
+    );
   }
   const limit = sourceDateEpoch === undefined ? undefined : sourceDateEpoch * 1000;
   for (const h of out) {
