@@ -22,8 +22,9 @@
  * - tmpfs: a tmpfs of `size` bytes (0: unlimited).
  * - ssh: the caller's agent socket bound at the target; missing → error
  *   unless optional.
- * - network: host, or none (also for `sandbox`: there is no isolated network
- *   with connectivity yet); extra hosts are appended to /etc/hosts.
+ * - network: host or none; `sandbox` (the default) runs on the host network,
+ *   so RUN steps can reach the network as with BuildKit's default, until an
+ *   isolated network exists; extra hosts are appended to /etc/hosts.
  * - mount points the runtime had to create in the rootfs are pruned after
  *   the run when still empty, only below the rootfs, never through a
  *   symlink or a mount (`missingMountPoints` / `removeStubs`).
@@ -318,7 +319,9 @@ export class ExecOp implements Op {
         }
       }
       if (!rootfs) throw new KilnError('InvalidArgument', 'exec has no root mount');
-      const network = this.#op.network === NetworkMode.HOST ? 'host' : 'none';
+      // BuildKit's default (sandbox) network has connectivity; until Kiln has an isolated
+      // network with its own namespace and NAT, sandbox runs on the host network.
+      const network = this.#op.network === NetworkMode.NONE ? 'none' : 'host';
       const { spec } = await generateSpec({
         rootfs,
         readonlyRootfs: readonlyRoot,

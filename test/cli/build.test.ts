@@ -198,6 +198,16 @@ describe('kiln build', () => {
     assert.equal(run.stdout, 'version-1\ngoodbye kiln\nwho=tester\n/app\n');
   });
 
+  test('RUN has the network by default, as with BuildKit (sandbox runs on the host network for now)', async () => {
+    const dir = await context('net-default', {
+      Dockerfile: 'FROM busybox\nRUN echo "nets=$(ls /sys/class/net | wc -l)"\n',
+    });
+    const r = await kiln(['build', '--progress=plain', '--no-cache', dir]);
+    assert.equal(r.code, 0, r.stderr);
+    const nets = Number(/nets=(\d+)$/m.exec(r.stderr)?.[1]);
+    assert.ok(nets > 1, `the default network has more than lo: ${r.stderr}`);
+  });
+
   test('a failing RUN shows the Dockerfile line and the last output lines, and exits 1', async () => {
     const dir = await context('fail', {
       Dockerfile:
@@ -415,7 +425,7 @@ describe('kiln build', () => {
       assert.match(r.stderr, /secret=s3cr3t flavor=spicy$/m);
       assert.match(r.stderr, /envsecret=from-env$/m);
       assert.match(r.stderr, /ssh-socket-ok$/m);
-      // The host has more than the loopback interface; the default (none) has only lo.
+      // The host has more than the loopback interface; --network none has only lo.
       const nets = Number(/nets=(\d+)$/m.exec(r.stderr)?.[1]);
       assert.ok(nets > 1, r.stderr);
       const inspect = await kiln(['images', 'inspect', 'session:1']);
