@@ -5,18 +5,73 @@
  */
 import { Command, CommanderError } from 'commander';
 import { KilnError } from '../core/errors.ts';
-import { registerBuildCommand } from './commands/build.ts';
-import { registerContentCommands } from './commands/content.ts';
-import { registerDebugCommands } from './commands/debug.ts';
-import { registerDiffCommands } from './commands/diff.ts';
-import { registerGcCommand } from './commands/gc.ts';
-import { registerImageCommands } from './commands/images.ts';
-import { registerNamespaceCommands } from './commands/namespace.ts';
-import { registerRunCommands } from './commands/run.ts';
-import { registerSnapshotCommands } from './commands/snapshot.ts';
-import { createContext, defaultRoot } from './context.ts';
+import { type CliContext, createContext, defaultRoot } from './context.ts';
 
-export function buildProgram(): { program: Command; close(): Promise<void> } {
+type Register = (program: Command, ctx: CliContext) => void;
+
+/**
+ * Command modules, loaded on demand: a command loads only its own module (and
+ * what that imports), so `kiln run` does not pay for the build front end.
+ * Help, version and unknown commands load them all.
+ */
+const MODULES: Record<string, () => Promise<Register>> = {
+  namespace: async () => (await import('./commands/namespace.ts')).registerNamespaceCommands,
+  content: async () => (await import('./commands/content.ts')).registerContentCommands,
+  snapshot: async () => (await import('./commands/snapshot.ts')).registerSnapshotCommands,
+  diff: async () => (await import('./commands/diff.ts')).registerDiffCommands,
+  gc: async () => (await import('./commands/gc.ts')).registerGcCommand,
+  images: async () => (await import('./commands/images.ts')).registerImageCommands,
+  run: async () => (await import('./commands/run.ts')).registerRunCommands,
+  build: async () => (await import('./commands/build.ts')).registerBuildCommand,
+  debug: async () => {
+    const { registerDebugCommands } = await import('./commands/debug.ts');
+    return (program) => registerDebugCommands(program);
+  },
+};
+
+/** Command word (and aliases) → the module that registers it. */
+const COMMANDS: Record<string, string> = {
+  namespace: 'namespace',
+  ns: 'namespace',
+  content: 'content',
+  snapshot: 'snapshot',
+  snapshots: 'snapshot',
+  diff: 'diff',
+  apply: 'diff',
+  gc: 'gc',
+  pull: 'images',
+  push: 'images',
+  images: 'images',
+  image: 'images',
+  run: 'run',
+  exec: 'run',
+  ps: 'run',
+  kill: 'run',
+  rm: 'run',
+  events: 'run',
+  build: 'build',
+  debug: 'debug',
+};
+
+/** Global options that take a value (the command word comes after them). */
+const VALUE_OPTIONS = new Set(['--root', '-n', '--namespace', '--snapshotter', '--log-level']);
+
+/** The modules a command line needs: its command's, or all when there is none or it is unknown. */
+export function modulesFor(args: string[]): string[] {
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (VALUE_OPTIONS.has(a)) {
+      i++;
+      continue;
+    }
+    if (a.startsWith('-')) continue;
+    const mod = COMMANDS[a];
+    return mod ? [mod] : Object.keys(MODULES);
+  }
+  return Object.keys(MODULES);
+}
+
+export async function buildProgram(args: string[]): Promise<{ program: Command; close(): Promise<void> }> {
   const program = new Command('kiln');
   program
     .description('Kiln: a container image builder and container core')
@@ -51,21 +106,14 @@ Examples:
   kiln -n other content ls                  the same, in namespace "other"`,
     );
   const ctx = createContext(program);
-  registerNamespaceCommands(program, ctx);
-  registerContentCommands(program, ctx);
-  registerSnapshotCommands(program, ctx);
-  registerDiffCommands(program, ctx);
-  registerGcCommand(program, ctx);
-  registerImageCommands(program, ctx);
-  registerRunCommands(program, ctx);
-  registerBuildCommand(program, ctx);
-  registerDebugCommands(program);
+  const registers = await Promise.all(modulesFor(args).map((name) => MODULES[name]!()));
+  for (const register of registers) register(program, ctx);
   for (const cmd of program.commands) cmd.exitOverride();
   return { program, close: () => ctx.close() };
 }
 
 async function main(argv: string[]): Promise<number> {
-  const { program, close } = buildProgram();
+  const { program, close } = await buildProgram(argv.slice(2));
   try {
     await program.parseAsync(argv);
     return 0;
@@ -81,6 +129,14 @@ async function main(argv: string[]): Promise<number> {
   } finally {
     await close();
   }
+}
+
+// A reader that went away (`kiln images ls | head`) is not an error.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw err;
+  });
 }
 
 process.exitCode = await main(process.argv);
