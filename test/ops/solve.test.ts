@@ -189,8 +189,10 @@ test('cancelling mid-exec leaves no process, mount, lease or active snapshot beh
   ac.abort();
   await assert.rejects(solving, (err: Error & { code?: string }) => err.code === 'Canceled');
   assert.equal(await processesWith(token), 0, 'no process left');
+  // Only this process's temporary mounts (m-<pid>-…): other test files share the temp root.
+  const mine = `${tempMountRoot()}/m-${process.pid}-`;
   const mounts = (await readMountinfo()).filter(
-    (m) => m.mountPoint.startsWith(tempMountRoot()) || m.mountPoint.startsWith(fx.root),
+    (m) => m.mountPoint.startsWith(mine) || m.mountPoint.startsWith(fx.root),
   );
   assert.deepEqual(
     mounts.map((m) => m.mountPoint),
