@@ -1,6 +1,6 @@
 /**
  * Runs the shared Dockerfile parser / shell lexer conformance data
- * (/work/shared/conformance, see its README section 6) against parser.ts,
+ * (../shared/conformance beside the repository, see its README section 6) against parser.ts,
  * dump.ts and shell.ts. The data is read at run time from
  * <repo root>/../shared/conformance and never copied into the repo. Cases are
  * discovered by listing directories; finding none fails the suite.

@@ -1,6 +1,6 @@
 /**
  * Canonical text dump of a parsed Dockerfile, in the format of the shared
- * conformance data (/work/shared/conformance/README.md, sections 1.1 and
+ * conformance data (../shared/conformance/README.md, sections 1.1 and
  * 1.5): one `(keyword ["flag" ...] "arg" ...)` line per instruction, each
  * string quoted the way Go's strconv.Quote does, and a final newline.
  *

@@ -2,7 +2,7 @@
  * Dockerfile parser: bytes → parser directives + a flat list of instruction
  * nodes (keyword, flags, argument strings, heredocs, line span). Written from
  * the Dockerfile reference and the shared conformance data
- * (/work/shared/conformance/README.md, sections 1–3), not from BuildKit's
+ * (../shared/conformance/README.md, sections 1–3), not from BuildKit's
  * source.
  *
  * Contract:
