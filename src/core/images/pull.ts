@@ -201,82 +201,6 @@ class PullJob {
     this.#progress(desc, kind, 'done', desc.size);
   }
 
-  /**
-   * The bytes of blob `desc` from `start` on, resuming a broken download with
-   * a Range request (at most the transport's `maxResumes` times). Unlike
-   * Fetcher.fetch it does not hash: the content store's commit checks size
-   * and digest, and the writer refuses bytes beyond the expected size.
-   */
-  async *#stream(desc: Descriptor, start: number): AsyncGenerator<Uint8Array> {
-    const t = this.fetcher.transport;
-    const action = `fetch blob ${desc.digest}`;
-    let pos = start;
-    for (let resumes = 0; ; resumes++) {
-      const res = await t.request({
-        method: 'GET',
-        path: `blobs/${desc.digest}`,
-        headers: pos > 0 ? { range: `bytes=${pos}-` } : {},
-        expect: pos > 0 ? [200, 206] : [200],
-        action,
-        signal: this.signal,
-      });
-      let skip = 0;
-      if (pos > 0 && res.status === 206) {
-        const cr = /^bytes (\d+)-/.exec(res.headers.get('content-range') ?? '');
-        if (!cr || Number(cr[1]) !== pos) {
-          await res.body?.cancel();
-          throw errDataLoss(
-            `${action} for "${t.ref.full}": asked for bytes ${pos}- but got Content-Range "${res.headers.get('content-range') ?? ''}"`,
-          );
-        }
-      } else if (pos > 0) {
-        skip = pos; // a 200: the whole blob again
-      }
-      let broken: unknown;
-      if (res.body) {
-        const reader = res.body.getReader();
-        try {
-          for (;;) {
-            let chunk: Uint8Array;
-            try {
-              const r = await reader.read();
-              if (r.done) break;
-              chunk = r.value;
-            } catch (err) {
-              broken = err;
-              break;
-            }
-            if (skip > 0) {
-              const n = Math.min(skip, chunk.byteLength);
-              skip -= n;
-              chunk = chunk.subarray(n);
-              if (chunk.byteLength === 0) continue;
-            }
-            pos += chunk.byteLength;
-            yield chunk;
-          }
-        } finally {
-          reader.releaseLock();
-          if (broken === undefined) await res.body.cancel().catch(() => {});
-        }
-      }
-      if (pos >= desc.size) return;
-      this.signal.throwIfAborted();
-      if (resumes >= t.options.maxResumes) {
-        const why =
-          broken instanceof Error
-            ? `${broken.message}${broken.cause ? ` (${String(broken.cause)})` : ''}`
-            : 'premature end of body';
-        throw new KilnError(
-          broken === undefined ? 'DataLoss' : 'Unavailable',
-          `${action} for "${t.ref.full}": got ${pos} of ${desc.size} bytes: ${why}; gave up after ${resumes} resumptions`,
-          { cause: broken },
-        );
-      }
-      await new Promise((r) => setTimeout(r, t.options.backoffMs * 2 ** resumes));
-    }
-  }
-
   /** Streams a layer into the store, resuming an interrupted ingest of the same blob. */
   async layer(desc: Descriptor, labels: () => Promise<Labels>): Promise<void> {
     this.#progress(desc, 'layer', 'waiting', 0);
@@ -328,7 +252,12 @@ class PullJob {
             writing.catch(() => {}); // handled where it is awaited
           };
           try {
-            for await (const chunk of this.#stream(desc, offset)) {
+            // No second hash: the store's commit checks size and digest.
+            for await (const chunk of this.fetcher.fetch(desc, {
+              offset,
+              signal: this.signal,
+              verify: false,
+            })) {
               batch.push(chunk);
               batched += chunk.byteLength;
               this.bytesFetched += chunk.byteLength;

@@ -34,6 +34,11 @@ export interface FetchOptions {
   signal?: AbortSignal;
   /** Start at this byte (blobs only); the digest is then not checked here. */
   offset?: number;
+  /**
+   * Hash the bytes and check the digest (default true). A caller that writes into a
+   * content store, whose commit checks size and digest anyway, turns it off.
+   */
+  verify?: boolean;
 }
 
 function newHash(desc: Descriptor): Hash {
@@ -65,7 +70,7 @@ export class Fetcher {
         `${this.#action(desc)}: offset ${start} is outside 0..${desc.size}`,
       );
     }
-    const hash = start === 0 ? newHash(desc) : undefined;
+    const hash = start === 0 && options.verify !== false ? newHash(desc) : undefined;
     let pos = start;
     let resumes = 0;
     const action = this.#action(desc);
