@@ -33,6 +33,7 @@ import {
   type OciRuntime,
   type RunResult,
   SIGNAL_NAMES,
+  underTerminal,
 } from './runtime.ts';
 import { type OciSpec, writeFileAtomic } from './spec.ts';
 
@@ -41,10 +42,6 @@ export interface ExecOptions {
   stdout?: Writable;
   stderr?: Writable;
   signal?: AbortSignal;
-}
-
-function shellQuote(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
 /** Copies src to dest with backpressure; with `held`, output waits until `ready()` (then flushes). */
@@ -97,17 +94,7 @@ export async function execInContainer(
       ['exec', '--process', processFile, '--pid-file', pidFile, id],
       logFile,
     );
-    if (proc.terminal) {
-      argv = [
-        'script',
-        '--quiet',
-        '--return',
-        '--flush',
-        '--command',
-        argv.map(shellQuote).join(' '),
-        '/dev/null',
-      ];
-    }
+    if (proc.terminal) argv = underTerminal(argv);
     const child = spawn(argv[0], argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
     let aborted = false;
     const onAbort = (): void => {

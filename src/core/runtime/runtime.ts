@@ -230,6 +230,22 @@ export function errorsFromLog(text: string): string[] {
   return out;
 }
 
+/**
+ * Runs `argv` under util-linux script(1), which gives it a terminal: the runtimes'
+ * foreground console mode needs one on their own stdin.
+ */
+export function underTerminal(argv: string[]): string[] {
+  return [
+    'script',
+    '--quiet',
+    '--return',
+    '--flush',
+    '--command',
+    argv.map(shellQuote).join(' '),
+    '/dev/null',
+  ];
+}
+
 export class OciRuntime {
   readonly name: RuntimeName;
   readonly stateDir: string;
@@ -518,15 +534,7 @@ export class OciRuntime {
     let argv = this.#argv(['run', '--bundle', bundle, '--pid-file', pidFile, id], logFile);
     if (opts.tty) {
       // The runtime's foreground console mode needs a terminal on its own stdin.
-      argv = [
-        'script',
-        '--quiet',
-        '--return',
-        '--flush',
-        '--command',
-        argv.map(shellQuote).join(' '),
-        '/dev/null',
-      ];
+      argv = underTerminal(argv);
     }
     // stdin is always a pipe of ours, never 'ignore' (= the host's /dev/null, see the module
     // comment). Without input it is ended at once; with a tty and no input it stays open
