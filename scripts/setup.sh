@@ -32,6 +32,7 @@ if [[ ! -x node_modules/.bin/node ]] || [[ package-lock.json -nt node_modules/.p
   npm install --no-audit --no-fund --loglevel=error
 fi
 npm run --silent build:native >/dev/null
+npm run --silent build:cli
 
 # /dev/null must be the null device: tools (and Node's stdio 'ignore') write into it.
 if [[ ! -c /dev/null ]]; then
