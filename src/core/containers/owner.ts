@@ -3,10 +3,11 @@
  * the pid and the kernel start time of that process (field 22 of
  * /proc/<pid>/stat), so a reused pid is not mistaken for the owner. Used by
  * recovery to tell a task that is running in another Kiln process from one
- * whose Kiln process was killed. Files are written atomically.
+ * whose Kiln process was killed. Files are written atomically, not fsynced
+ * (after a power loss no owner is alive, and a missing record reads as stale).
  */
 import { readFile } from 'node:fs/promises';
-import { writeFileAtomic } from '../runtime/spec.ts';
+import { EPHEMERAL, writeFileAtomic } from '../runtime/spec.ts';
 
 export interface Owner {
   pid: number;
@@ -25,7 +26,7 @@ export async function processStartTime(pid: number): Promise<string | null> {
 
 export async function writeOwner(file: string): Promise<void> {
   const owner: Owner = { pid: process.pid, start: await processStartTime(process.pid) };
-  await writeFileAtomic(file, JSON.stringify(owner), 0o600);
+  await writeFileAtomic(file, JSON.stringify(owner), 0o600, EPHEMERAL);
 }
 
 /** True when the owner file names a live process (false when it is missing or unreadable). */

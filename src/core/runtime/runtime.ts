@@ -63,7 +63,7 @@ import type { Readable, Writable } from 'node:stream';
 import { errAlreadyExists, errInvalidArgument, errUnavailable, KilnError, wrap } from '../errors.ts';
 import { detectCgroups } from './cgroups.ts';
 import { removeTree } from '../fs/safe.ts';
-import { generateSpec, writeFileAtomic, writeSpec } from './spec.ts';
+import { EPHEMERAL, generateSpec, writeFileAtomic, writeSpec } from './spec.ts';
 
 export type RuntimeName = 'crun' | 'runc';
 
@@ -362,7 +362,7 @@ export class OciRuntime {
 
   async #writeOwner(id: string): Promise<void> {
     const start = await processStartTime(process.pid);
-    await writeFileAtomic(this.#ownerFile(id), JSON.stringify({ pid: process.pid, start }));
+    await writeFileAtomic(this.#ownerFile(id), JSON.stringify({ pid: process.pid, start }), 0o644, EPHEMERAL);
   }
 
   async #removeOwner(id: string): Promise<void> {
