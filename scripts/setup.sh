@@ -10,6 +10,7 @@ PACKAGES=(
   attr zstd jq
   crun runc
   busybox-static
+  qemu-user-static binfmt-support openssh-client
   umoci skopeo oci-image-tool docker-registry
   docker.io
 )

@@ -5,7 +5,8 @@
  * output numbers already assigned); `State.run` (state.ts) validates user
  * options and builds it. Outputs: 0 is the root filesystem, then each
  * writable bind mount in mount order. Env is encoded sorted by name, so the
- * order in which variables were set never changes an op's digest. Mounts
+ * order in which variables were set never changes an op's digest; so are
+ * secret env entries (only their ids and names: never a value). Mounts
  * keep their order (a later mount may cover an earlier one).
  */
 import { create } from '@bufbuild/protobuf';
@@ -17,6 +18,7 @@ import {
   MountSchema,
   MountType,
   NetworkMode,
+  SecretEnvSchema,
   SecretOptSchema,
   SecurityMode,
   SSHOptSchema,
@@ -45,6 +47,13 @@ export interface ResolvedMount {
   readonly tmpfs?: { readonly size: number };
 }
 
+/** A secret exposed as an environment variable, after validation. */
+export interface ResolvedSecretEnv {
+  readonly id: string;
+  readonly name: string;
+  readonly optional: boolean;
+}
+
 export interface ExecSpec {
   readonly root: Output | undefined;
   readonly args: readonly string[];
@@ -58,6 +67,8 @@ export interface ExecSpec {
   readonly network: NetworkModeName;
   readonly security: SecurityModeName;
   readonly mounts: readonly ResolvedMount[];
+  /** Session secrets given to the process as environment variables; encoded sorted by name. */
+  readonly secretEnv: readonly ResolvedSecretEnv[];
   /** Undefined: the marshal default. */
   readonly platform: Platform | undefined;
 }
@@ -85,6 +96,7 @@ export function execCaps(spec: ExecSpec): string[] {
   if (spec.network !== 'sandbox') caps.add(`exec.network.${spec.network}`);
   if (spec.security === 'insecure') caps.add('exec.security.insecure');
   if (spec.hostname) caps.add('exec.meta.hostname');
+  if (spec.secretEnv.length > 0) caps.add('exec.secret.env');
   return [...caps].sort();
 }
 
@@ -136,6 +148,9 @@ export class ExecVertex implements Vertex {
       mounts,
       network: NETWORK[s.network],
       security: SECURITY[s.security],
+      secretEnv: [...s.secretEnv]
+        .sort((a, b) => compareKeys(a.name, b.name))
+        .map((e) => create(SecretEnvSchema, { id: e.id, name: e.name, optional: e.optional })),
     });
     return { op: { case: 'exec', value: exec }, platform: pbPlatform(s.platform ?? ctx.platform) };
   }

@@ -70,6 +70,7 @@ export {
   type HostIP,
   type MountSpec,
   type RunOptions,
+  type SecretEnvSpec,
   type SecretMount,
   type SshMount,
   State,

@@ -120,6 +120,16 @@ export interface SshMount {
 
 export type MountSpec = BindMount | CacheMount | TmpfsMount | SecretMount | SshMount;
 
+/** A secret from the client session, as an environment variable of the process only. */
+export interface SecretEnvSpec {
+  /** Environment variable name. */
+  name: string;
+  /** Secret name; default: the variable name. */
+  id?: string;
+  /** A missing secret leaves the variable unset instead of failing the run. */
+  optional?: boolean;
+}
+
 /** Options of `state.run`. Exactly one of `args` and `shell` is required. */
 export interface RunOptions extends OpOptions {
   /** The command, executed directly (no shell). */
@@ -140,6 +150,12 @@ export interface RunOptions extends OpOptions {
   /** Added to the state's extra hosts. */
   extraHosts?: readonly HostIP[];
   mounts?: readonly MountSpec[];
+  /**
+   * Session secrets set as environment variables of the process (never in
+   * the state's env, the result or the op beyond the id and the name).
+   * A secret variable overrides an env variable of the same name.
+   */
+  secretEnv?: readonly SecretEnvSpec[];
   /** Exit codes that count as success; default only 0. */
   validExitCodes?: readonly number[];
 }
@@ -430,6 +446,13 @@ export class State implements StateRef {
           throw errInvalidArgument(`${where}: unknown mount type "${(spec as { type: string }).type}"`);
       }
     }
+    const secretEnv: { id: string; name: string; optional: boolean }[] = [];
+    for (const se of opts.secretEnv ?? []) {
+      checkEnvName(se.name);
+      if (secretEnv.some((e) => e.name === se.name))
+        throw errInvalidArgument(`run: two secrets set environment variable "${se.name}"`);
+      secretEnv.push({ id: se.id || se.name, name: se.name, optional: se.optional ?? false });
+    }
     for (const code of opts.validExitCodes ?? []) {
       if (!Number.isInteger(code) || code < 0 || code > 255)
         throw errInvalidArgument(`run: invalid exit code "${code}"`);
@@ -446,6 +469,7 @@ export class State implements StateRef {
       network: checkNetwork(opts.network ?? m.network),
       security: checkSecurity(opts.security ?? m.security),
       mounts,
+      secretEnv,
       platform: m.platform,
     };
     const vertex = new ExecVertex(spec, vertexMetadata(opts, execCaps(spec)));

@@ -100,6 +100,14 @@ export function validateOp(op: Op, name: string): void {
         e.mounts.map((m) => m.output),
         where,
       );
+      const names = new Set<string>();
+      for (const se of e.secretEnv) {
+        if (!se.id) throw errInvalidArgument(`${where}: secret env "${se.name}" has no id`);
+        if (se.name === '' || se.name.includes('=') || se.name.includes('\0'))
+          throw errInvalidArgument(`${where}: invalid secret env name "${se.name}"`);
+        if (names.has(se.name)) throw errInvalidArgument(`${where}: two secret envs named "${se.name}"`);
+        names.add(se.name);
+      }
       return;
     }
     case 'file': {

@@ -15,8 +15,10 @@ export interface Sessions {
   readonly locals: Readonly<Record<string, string>>;
   /** secret id → value. */
   readonly secrets: Readonly<Record<string, Uint8Array | string>>;
-  /** Path of the caller's ssh agent socket (for every ssh id). */
+  /** Path of the caller's ssh agent socket (for every ssh id not in `sshAgents`). */
   readonly ssh?: string;
+  /** ssh id → agent socket path (`kiln build --ssh ID=SOCKET`, `default` for `--ssh default`). */
+  readonly sshAgents?: Readonly<Record<string, string>>;
 }
 
 /** A resolved image: its config and the committed snapshot of its top layer's chain. */

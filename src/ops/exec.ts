@@ -20,7 +20,17 @@
  *   an error unless optional. Never in a result (the tmpfs is not in the
  *   rootfs) nor in the cache key (only the secret id is in the op).
  * - tmpfs: a tmpfs of `size` bytes (0: unlimited).
- * - ssh: the caller's agent socket bound at the target; missing → error
+ * - secret env (`ExecOp.secretEnv`): the caller's secret, read at run time,
+ *   set in the process environment only (it overrides a same-named env
+ *   entry); a missing secret is an error naming the id unless optional (the
+ *   variable is then unset). The OCI bundle (whose config.json then holds
+ *   the value) is a private tmpfs, so the value never reaches the disk; it
+ *   is in no result, no cache key (the op carries only id and name), and
+ *   the frontend puts it in no image config or history.
+ * - ssh: the session's agent socket for the mount's id (`sshAgents[id]`,
+ *   else `ssh` for every id) is forwarded through a socket of this process
+ *   (ssh-forward.ts) created in the bundle's secrets tmpfs with the mount's
+ *   uid/gid/mode and bound at the target; missing → error naming the id
  *   unless optional.
  * - network: host or none; `sandbox` (the default) runs on the host network,
  *   so RUN steps can reach the network as with BuildKit's default, until an
@@ -28,6 +38,9 @@
  * - mount points the runtime had to create in the rootfs are pruned after
  *   the run when still empty, only below the rootfs, never through a
  *   symlink or a mount (`missingMountPoints` / `removeStubs`).
+ * - platform: an op for another architecture runs when a binfmt_misc
+ *   handler (qemu-user, flag F) can run its binaries, else fails before
+ *   anything is mounted, naming the platform and the handler (emulation.ts).
  * - stdout/stderr go to the vertex progress as logs 1/2.
  * - a failing process: KilnError naming the command and the exit code; a
  *   command that cannot be started counts as exit code 1 (the OCI runtime's
@@ -39,6 +52,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Writable } from 'node:stream';
+import type { Mount as CoreMount } from '../core/mount/mount.ts';
 import { errNotFound, KilnError } from '../core/errors.ts';
 import { isWithin, mountsAtOrBelow, realDirsBelow, removeTree, resolveInRoot } from '../core/fs/safe.ts';
 import { mountAll, unmountAll } from '../core/mount/mount.ts';
@@ -49,11 +63,14 @@ import {
   type Mount as MountPb,
   MountType,
   NetworkMode,
+  type Platform as PlatformPb,
 } from '../gen/kiln/llb/v1/llb_pb.ts';
 import type { CacheMap, CacheMapDep, Op, OpContext, Result } from '../solver/types.ts';
+import { checkExecPlatform } from './emulation.ts';
 import type { OpEnv } from './env.ts';
 import { copyEntry, lstatMaybe } from './fsutil.ts';
 import { OpSession, type SnapshotRef, snapshotOf } from './refs.ts';
+import { forwardSocket, type SocketForward } from './ssh-forward.ts';
 
 const MAX_SUMMARY = 60;
 
@@ -148,15 +165,22 @@ export async function removeStubs(rootfs: string, stubs: string[]): Promise<void
   }
 }
 
+function tmpfs(...options: string[]): CoreMount {
+  return { type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'nodev', 'noexec', ...options] };
+}
+
 export class ExecOp implements Op {
   readonly #env: OpEnv;
   readonly #op: ExecOpPb;
   readonly #digest: string;
+  readonly #platform: PlatformPb | undefined;
 
-  constructor(env: OpEnv, op: ExecOpPb, digest: string) {
+  /** `platform`: the op's (Op.platform); a foreign one runs through binfmt_misc emulation. */
+  constructor(env: OpEnv, op: ExecOpPb, digest: string, platform?: PlatformPb) {
     this.#env = env;
     this.#op = op;
     this.#digest = digest;
+    this.#platform = platform;
   }
 
   get command(): string {
@@ -192,6 +216,20 @@ export class ExecOp implements Op {
     return { digest: this.#digest, deps };
   }
 
+  /** `NAME=value` for each secret env entry whose secret the session has (missing → error unless optional). */
+  #secretEnv(): string[] {
+    const out: string[] = [];
+    for (const se of this.#op.secretEnv) {
+      const value = this.#env.sessions.secrets[se.id];
+      if (value === undefined) {
+        if (se.optional) continue;
+        throw errNotFound(`secret env "${se.name}": secret "${se.id}" not found in the session`);
+      }
+      out.push(`${se.name}=${typeof value === 'string' ? value : Buffer.from(value).toString('utf8')}`);
+    }
+    return out;
+  }
+
   /** A new cache directory, filled from the mount's input (at its selector) when it has one. */
   async #seedCache(session: OpSession, dir: string, m: MountPb, inputs: readonly Result[]): Promise<void> {
     const tmp = `${dir}.seed-${randomBytes(4).toString('hex')}`;
@@ -213,14 +251,31 @@ export class ExecOp implements Op {
 
   async exec(ctx: OpContext, inputs: readonly Result[]): Promise<Result[]> {
     const meta = this.#op.meta!;
+    await checkExecPlatform(this.#platform);
     const session = await OpSession.open(this.#env.core, `exec ${this.command}`);
     const bundle = path.join(this.#env.stateDir, 'bundles', randomBytes(8).toString('hex'));
     const releases: (() => void)[] = [];
     const outputs: { index: number; key: string; dir: string }[] = [];
     const results: SnapshotRef[] = [];
     let secretsDir: string | undefined;
+    let bundleTmpfs = false;
+    const forwards: SocketForward[] = [];
+    const privateDir = async (): Promise<string> => {
+      if (!secretsDir) {
+        secretsDir = path.join(bundle, 'secrets');
+        await fs.mkdir(secretsDir, { mode: 0o700 });
+        await mountAll([tmpfs('mode=0755', 'size=16m')], secretsDir);
+      }
+      return secretsDir;
+    };
     try {
       await fs.mkdir(bundle, { recursive: true, mode: 0o700 });
+      // Secret values in the process env end up in config.json: keep the whole bundle in memory.
+      const secretEnv = this.#secretEnv();
+      if (secretEnv.length > 0) {
+        await mountAll([tmpfs('mode=0700', 'size=16m')], bundle);
+        bundleTmpfs = true;
+      }
       const snapOf = (m: MountPb): string => (m.input !== undefined ? snapshotOf(inputs[m.input]) : '');
       const extra: ExtraMount[] = [];
       let rootfs = '';
@@ -283,21 +338,7 @@ export class ExecOp implements Op {
               if (opt.optional) break;
               throw errNotFound(`${what}: secret "${opt.id}" not found in the session`);
             }
-            if (!secretsDir) {
-              secretsDir = path.join(bundle, 'secrets');
-              await fs.mkdir(secretsDir, { mode: 0o700 });
-              await mountAll(
-                [
-                  {
-                    type: 'tmpfs',
-                    source: 'tmpfs',
-                    options: ['nosuid', 'nodev', 'noexec', 'mode=0755', 'size=16m'],
-                  },
-                ],
-                secretsDir,
-              );
-            }
-            const file = path.join(secretsDir, randomBytes(8).toString('hex'));
+            const file = path.join(await privateDir(), randomBytes(8).toString('hex'));
             await fs.writeFile(file, value, { mode: 0o600 });
             await fs.chown(file, opt.uid, opt.gid);
             await fs.chmod(file, opt.mode & 0o7777 || 0o400);
@@ -306,12 +347,28 @@ export class ExecOp implements Op {
           }
           case MountType.SSH: {
             const opt = m.ssh!;
-            const sock = this.#env.sessions.ssh;
+            const sessions = this.#env.sessions;
+            const sock = sessions.sshAgents?.[opt.id] ?? sessions.ssh;
             if (!sock) {
               if (opt.optional) break;
               throw errNotFound(`${what}: no ssh agent socket in the session for id "${opt.id}"`);
             }
-            extra.push({ type: 'bind', source: sock, destination: m.dest });
+            const st = await lstatMaybe(sock);
+            if (!st?.isSocket()) {
+              if (opt.optional) break;
+              throw errNotFound(`${what}: ssh agent socket "${sock}" for id "${opt.id}" is not a socket`);
+            }
+            const fwd = await forwardSocket(
+              path.join(await privateDir(), randomBytes(8).toString('hex')),
+              sock,
+              {
+                uid: opt.uid,
+                gid: opt.gid,
+                mode: opt.mode || 0o600,
+              },
+            );
+            forwards.push(fwd);
+            extra.push({ type: 'bind', source: fwd.path, destination: m.dest });
             break;
           }
           default:
@@ -326,7 +383,7 @@ export class ExecOp implements Op {
         rootfs,
         readonlyRootfs: readonlyRoot,
         args: [...meta.args],
-        env: [...meta.env],
+        env: [...meta.env, ...secretEnv],
         cwd: meta.cwd || '/',
         user: meta.user,
         network,
@@ -377,6 +434,7 @@ export class ExecOp implements Op {
       }
       await removeStubs(rootfs, stubs);
       // Unmount before committing: outputs are read through their snapshots from now on.
+      for (const f of forwards.splice(0)) await f.close();
       if (secretsDir) await unmountAll(secretsDir);
       const byIndex = [...outputs].sort((a, b) => a.index - b.index);
       for (const o of byIndex) {
@@ -389,7 +447,8 @@ export class ExecOp implements Op {
       throw err;
     } finally {
       for (const r of releases.reverse()) r();
-      if (secretsDir) await unmountAll(secretsDir).catch(() => {});
+      for (const f of forwards) await f.close().catch(() => {});
+      if (secretsDir || bundleTmpfs) await unmountAll(bundle).catch(() => {});
       await session.close();
       // Refused (and left for recovery) if the secrets tmpfs could not be unmounted.
       await removeTree(bundle).catch(() => {});

@@ -37,7 +37,7 @@ export function resolveLlbOp(env: OpEnv, op: OpPb, digest: string): Op {
     case 'source':
       return new SourceOp(env, op.op.value, digest, op.platform);
     case 'exec':
-      return new ExecOp(env, op.op.value, digest);
+      return new ExecOp(env, op.op.value, digest, op.platform);
     case 'file':
       return new FileOp(env, op.op.value, digest);
     case 'merge':

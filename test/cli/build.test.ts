@@ -17,6 +17,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { removeTree } from '../../src/core/fs/safe.ts';
 import { unmountAll } from '../../src/core/mount/mount.ts';
 import { makeBusyboxLayout } from '../core/fixtures/busybox-image.ts';
+import { arm64Busybox, ensureQemuAarch64, makeTwoPlatformBusybox } from '../ops/exec-emulation-fixture.ts';
 
 const repo = path.resolve(import.meta.dirname, '../..');
 const bin = path.join(repo, 'bin/kiln');
@@ -442,7 +443,7 @@ describe('kiln build', () => {
         '--secret',
         `id=envtok,src=${dir}/tok.txt`,
         '--ssh',
-        `x=${sock}`,
+        `default=${sock}`,
         dir,
       ]);
       assert.equal(none.code, 0, none.stderr);
@@ -450,6 +451,160 @@ describe('kiln build', () => {
     } finally {
       server.close();
     }
+  });
+
+  test('secret env: visible in RUN, absent from the image, its config and history; several --ssh ids', async (t) => {
+    const value = 'kiln-secret-env-4f2a9c';
+    const dir = await context('secret-env', {
+      Dockerfile: [
+        'FROM busybox',
+        'ARG V=1',
+        'RUN --mount=type=secret,id=tok,env=TOKEN \\',
+        '    --mount=type=ssh,id=a,target=/run/a.sock \\',
+        '    --mount=type=ssh,id=b,target=/run/b.sock,uid=1000,gid=1000,mode=0660,required=true \\',
+        // biome-ignore lint/suspicious/noTemplateCurlyInString: shell expansion in a Dockerfile
+        '    echo "token-len=${#TOKEN} token-head=$(echo $TOKEN | cut -c1-5)" && test -S /run/a.sock && \\',
+        // biome-ignore lint/suspicious/noTemplateCurlyInString: shell expansion in a Dockerfile
+        '    echo "b=$(stat -c "%u %g %a" /run/b.sock)" && echo "${TOKEN:+seen}" > /seen',
+        // biome-ignore lint/suspicious/noTemplateCurlyInString: shell expansion in a Dockerfile
+        'RUN echo "later=${TOKEN:-unset}"',
+        'CMD ["cat", "/seen"]',
+        '',
+      ].join('\n'),
+    });
+    // Two real ssh agents, one per id.
+    const agents = ['a', 'b'].map((id) => {
+      const sock = path.join(base, `agent-${id}.sock`);
+      return { sock, proc: spawn('ssh-agent', ['-D', '-a', sock], { stdio: 'ignore' }) };
+    });
+    t.after(() => {
+      for (const a of agents) a.proc.kill('SIGTERM');
+    });
+    for (const a of agents) {
+      for (let i = 0; i < 200 && !existsSync(a.sock); i++) await sleep(10);
+    }
+    const r = await kiln(
+      [
+        'build',
+        '--progress=plain',
+        '--secret',
+        'id=tok,env=KILN_SECRET_ENV',
+        '--ssh',
+        `a=${agents[0]!.sock}`,
+        '--ssh',
+        `b=${agents[1]!.sock}`,
+        '-t',
+        'secretenv:1',
+        '-o',
+        `type=docker,dest=${base}/secretenv.tar,name=secretenv:1`,
+        dir,
+      ],
+      { env: { KILN_SECRET_ENV: value } },
+    );
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, new RegExp(`token-len=${value.length} token-head=${value.slice(0, 5)}$`, 'm'));
+    assert.match(r.stderr, /^#\d+ [\d.]+ b=1000 1000 660$/m);
+    assert.match(r.stderr, /later=unset$/m);
+    const run = await kiln(['run', '--rm', 'secretenv:1']);
+    assert.equal(run.stdout, 'seen\n');
+    const inspect = await kiln(['images', 'inspect', 'secretenv:1']);
+    assert.equal(inspect.code, 0, inspect.stderr);
+    assert.doesNotMatch(inspect.stdout, new RegExp(value));
+    assert.doesNotMatch(inspect.stdout, /TOKEN=/);
+    // The whole exported image (layers, config with its history, manifest): no trace of the value.
+    const tar = await readFile(path.join(base, 'secretenv.tar'));
+    assert.ok(!tar.includes(value), 'the docker archive does not contain the secret');
+    const config = execFileSync('tar', [
+      '-xOf',
+      path.join(base, 'secretenv.tar'),
+      'manifest.json',
+    ]).toString();
+    const configName = (JSON.parse(config) as { Config: string }[])[0]!.Config;
+    const cfg = JSON.parse(
+      execFileSync('tar', ['-xOf', path.join(base, 'secretenv.tar'), configName]).toString(),
+    ) as { history: { created_by: string }[]; config: { Env?: string[] } };
+    assert.ok(cfg.history.some((h) => /^RUN \|1 V=1 \/bin\/sh -c echo "token-len=/.test(h.created_by)));
+    assert.ok(!(cfg.config.Env ?? []).some((e) => e.startsWith('TOKEN')));
+
+    // A required secret that the session lacks: the id and the Dockerfile line.
+    const missing = await context('secret-env-missing', {
+      Dockerfile: 'FROM busybox\n\nRUN --mount=type=secret,id=api-key,env=API_KEY,required=true true\n',
+    });
+    const m = await kiln(['build', '--progress=plain', missing]);
+    assert.equal(m.code, 1, m.stderr);
+    assert.match(m.stderr, /secret "api-key" not found/);
+    assert.match(m.stderr, /^Dockerfile:3$/m);
+    assert.match(m.stderr, /^ 3 \| >>> RUN --mount=type=secret,id=api-key/m);
+  });
+
+  test('--ssh refuses key files, a repeated id and a missing socket, naming them', async () => {
+    const dir = await context('app', APP);
+    const key = path.join(base, 'id_test');
+    await writeFile(key, 'not really a key\n');
+    const k = await kiln(['build', '--ssh', `default=${key}`, dir]);
+    assert.equal(k.code, 1);
+    assert.match(k.stderr, /ssh key files are not supported/);
+    const twice = await kiln(['build', '--ssh', `a=${key}`, '--ssh', `a=${key}`, dir]);
+    assert.match(twice.stderr, /id "a" is given twice/);
+    const gone = await kiln(['build', '--ssh', `a=${base}/nope.sock`, dir]);
+    assert.match(gone.stderr, /nope\.sock" not found/);
+  });
+
+  test('--platform linux/arm64 runs RUN under qemu emulation; platform args and config are arm64', async (t) => {
+    const why = await ensureQemuAarch64();
+    if (why) return t.skip(why);
+    const bb = await arm64Busybox();
+    if ('skip' in bb) return t.skip(bb.skip);
+    const layout = await makeTwoPlatformBusybox(await mkdtemp(path.join(base, 'multi-')), bb.path);
+    const imp = await kiln(['images', 'import', layout, '--name', 'multi/busybox:latest']);
+    assert.equal(imp.code, 0, imp.stderr);
+    const dir = await context('cross', {
+      Dockerfile: [
+        'FROM --platform=$BUILDPLATFORM multi/busybox AS tools',
+        'ARG TARGETARCH',
+        'RUN echo "tools uname=$(uname -m) target=$TARGETARCH" > /tools.txt',
+        'FROM multi/busybox',
+        'ARG TARGETARCH',
+        'ARG BUILDARCH',
+        'ARG TARGETPLATFORM',
+        'ARG TARGETVARIANT',
+        'COPY --from=tools /tools.txt /',
+        'RUN echo "uname=$(uname -m) target=$TARGETARCH build=$BUILDARCH tp=$TARGETPLATFORM tv=$TARGETVARIANT" | tee /arch.txt',
+        '',
+      ].join('\n'),
+    });
+    const out = path.join(base, 'cross-out');
+    const r = await kiln([
+      'build',
+      '--progress=plain',
+      '--platform',
+      'linux/arm64',
+      '-t',
+      'cross:arm64',
+      '-o',
+      `type=local,dest=${out}`,
+      dir,
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(
+      await readFile(path.join(out, 'arch.txt'), 'utf8'),
+      'uname=aarch64 target=arm64 build=amd64 tp=linux/arm64 tv=\n',
+    );
+    assert.equal(await readFile(path.join(out, 'tools.txt'), 'utf8'), 'tools uname=x86_64 target=arm64\n');
+    const inspect = await kiln(['images', 'inspect', 'cross:arm64']);
+    assert.equal(inspect.code, 0, inspect.stderr);
+    assert.match(inspect.stdout, /"architecture": "arm64"/);
+    assert.doesNotMatch(inspect.stdout, /"architecture": "amd64"/);
+
+    // FROM --platform of a single stage, without --platform: that stage runs emulated,
+    // while TARGETARCH stays the build's (the host's) platform, as in BuildKit.
+    const one = await context('cross-one', {
+      Dockerfile:
+        'FROM --platform=linux/arm64 multi/busybox\nARG TARGETARCH\nRUN echo "one uname=$(uname -m) target=$TARGETARCH"\n',
+    });
+    const o = await kiln(['build', '--progress=plain', one]);
+    assert.equal(o.code, 0, o.stderr);
+    assert.match(o.stderr, /one uname=aarch64 target=amd64$/m);
   });
 
   test('contexts from stdin (tar and lone Dockerfile) and from a git repository', async () => {

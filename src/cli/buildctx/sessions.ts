@@ -5,10 +5,12 @@
  * - `--secret id=ID,src=FILE` (also `source=`), `id=ID,env=VAR`, with an
  *   optional `type=file|env`; `id=ID` alone takes the environment variable
  *   ID when set, else the file ID (buildx's rule). The value is read now.
- * - `--ssh default` (the `SSH_AUTH_SOCK` agent), `--ssh default=SOCKET` or
- *   `--ssh ID=SOCKET`. Limit: the session has one agent socket for every
- *   id, so only one socket may be given.
+ * - `--ssh default` (the `SSH_AUTH_SOCK` agent), `--ssh ID` (the same agent
+ *   under another id), `--ssh ID=SOCKET`; repeatable, one agent socket per
+ *   id (the session's `sshAgents`). Limit: BuildKit's key files and several
+ *   sockets for one id are refused with an error saying so.
  */
+import { type Stats, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { errInvalidArgument, errNotFound, isErrno } from '../../core/errors.ts';
@@ -66,23 +68,47 @@ export async function parseSecrets(specs: readonly string[]): Promise<Record<str
   return out;
 }
 
-/** The ssh agent socket from `--ssh` values, or undefined. */
-export function parseSsh(specs: readonly string[]): string | undefined {
-  const sockets = new Set<string>();
+/**
+ * The ssh agents from `--ssh` values, id → socket path (undefined when none):
+ * `ID` alone takes `SSH_AUTH_SOCK`, `ID=SOCKET` that socket. Each id has one
+ * agent socket; key files (which BuildKit also takes) are refused.
+ */
+export function parseSsh(specs: readonly string[]): Record<string, string> | undefined {
+  const agents: Record<string, string> = {};
+  const ids = specs.map((spec) => (spec.includes('=') ? spec.slice(0, spec.indexOf('=')) : spec));
+  const dup = ids.find((id, i) => ids.indexOf(id) !== i);
+  if (dup !== undefined) throw errInvalidArgument(`--ssh: id "${dup}" is given twice`);
   for (const spec of specs) {
     const eq = spec.indexOf('=');
     const id = eq < 0 ? spec : spec.slice(0, eq);
-    if (!id) throw errInvalidArgument(`invalid --ssh "${spec}": want default or ID=SOCKET`);
+    if (!id || id.includes(','))
+      throw errInvalidArgument(`invalid --ssh "${spec}": want default, ID or ID=SOCKET`);
     let sock = eq < 0 ? undefined : spec.slice(eq + 1);
-    if (sock === undefined) {
-      if (id !== 'default') throw errInvalidArgument(`invalid --ssh "${spec}": want default or ID=SOCKET`);
+    if (sock === undefined || sock === '') {
       sock = process.env.SSH_AUTH_SOCK;
-      if (!sock) throw errNotFound(`--ssh default: SSH_AUTH_SOCK is not set`);
+      if (!sock) throw errNotFound(`--ssh ${id}: SSH_AUTH_SOCK is not set (give ${id}=SOCKET)`);
     }
-    for (const s of sock.split(',')) sockets.add(path.resolve(s));
+    const paths = sock.split(',').filter((p) => p !== '');
+    if (paths.length > 1) {
+      throw errInvalidArgument(
+        `--ssh "${spec}": one agent socket per id is supported, got ${paths.length} paths`,
+      );
+    }
+    const abs = path.resolve(paths[0] ?? sock);
+    let st: Stats;
+    try {
+      st = statSync(abs);
+    } catch (err) {
+      if (isErrno(err, 'ENOENT')) throw errNotFound(`--ssh "${spec}": socket "${abs}" not found`);
+      throw err;
+    }
+    if (!st.isSocket()) {
+      const what = st.isFile()
+        ? 'a file (ssh key files are not supported: load the key into an ssh-agent)'
+        : 'not a socket';
+      throw errInvalidArgument(`--ssh "${spec}": "${abs}" is ${what}`);
+    }
+    agents[id] = abs;
   }
-  if (sockets.size > 1) {
-    throw errInvalidArgument(`--ssh: only one agent socket is supported, got ${[...sockets].join(', ')}`);
-  }
-  return [...sockets][0];
+  return Object.keys(agents).length > 0 ? agents : undefined;
 }

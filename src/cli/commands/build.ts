@@ -28,8 +28,8 @@
  *   the solve (running processes are killed, mounts released) and exit 130/143.
  *
  * Limits: `--platform` selects base images and the platform args, but a
- * foreign platform's RUN needs binfmt emulation on the host; the ssh
- * session has one agent socket for every id.
+ * foreign platform's RUN needs binfmt emulation on the host; one ssh agent
+ * socket per `--ssh` id (no key files).
  */
 import { writeOutputFile } from '../../core/fs/safe.ts';
 import path from 'node:path';
@@ -291,7 +291,7 @@ export async function runBuild(ctx: CliContext, contextArg: string, opts: BuildO
     worker = new Worker({
       core,
       images: resolver,
-      sessions: { locals: { context: context.dir }, secrets, ...(ssh ? { ssh } : {}) },
+      sessions: { locals: { context: context.dir }, secrets, ...(ssh ? { sshAgents: ssh } : {}) },
     });
     result = await worker.solveDefinition(def, { signal: abort.signal, progress: { write: emit } });
     reportSkipped(worker, def, seen, emit);
@@ -370,7 +370,7 @@ export function registerBuildCommand(program: Command, ctx: CliContext): void {
     )
     .option(
       '--ssh <spec>',
-      'default or ID=SOCKET: an ssh agent for RUN --mount=type=ssh; repeatable',
+      'default|ID[=SOCKET]: an ssh agent socket for RUN --mount=type=ssh,id=ID (default: $SSH_AUTH_SOCK); repeatable',
       collect,
     )
     .option('--no-cache', 'do not use the build cache')

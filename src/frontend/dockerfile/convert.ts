@@ -34,8 +34,12 @@
  * - ADD of a local or --from source sets the copy's `attemptUnpack` (tar
  *   archives are extracted); URL and git sources are never extracted.
  *
- * Limits: `RUN --mount=type=secret,env=` is refused
- * (no env secrets in the LLB); only the build's target platform is built.
+ * - RUN --mount=type=secret,env=NAME sets the secret as the variable NAME
+ *   of that RUN only (LLB `secretEnv`): never in the image config or history.
+ *
+ * Limits: one target platform per conversion (a stage's FROM --platform
+ * makes that stage's RUNs run for its platform: emulated by the exec op
+ * when foreign).
  */
 import { posix } from 'node:path';
 import { parseDigest } from '../../core/digest.ts';
@@ -56,6 +60,7 @@ import {
   mkdir,
   mkfile,
   type MountSpec,
+  type SecretEnvSpec,
   SourceMap,
   type State,
   scratch,
@@ -823,9 +828,18 @@ class StageDispatch {
       }
     }
     const mounts: MountSpec[] = [...extraFiles];
+    const secretEnv: SecretEnvSpec[] = [];
     let ssh = 0;
     for (const m of ins.mounts) {
-      const spec = await this.mount(node, m, ssh);
+      const got = await this.mount(node, m, ssh);
+      if (got.secretEnv) {
+        const name = got.secretEnv.name;
+        if (secretEnv.some((e) => e.name === name))
+          this.c.fail(node, `--mount: two secrets set environment variable "${name}"`);
+        secretEnv.push(got.secretEnv);
+      }
+      const spec = got.mount;
+      if (!spec) continue;
       if (spec.type === 'ssh') {
         // The first agent socket is announced to the command, as BuildKit does.
         if (ssh === 0 && !('SSH_AUTH_SOCK' in env) && !envMap(this.cc).has('SSH_AUTH_SOCK')) {
@@ -842,6 +856,7 @@ class StageDispatch {
         args,
         env,
         mounts,
+        ...(secretEnv.length > 0 ? { secretEnv } : {}),
         ...(network ? { network } : {}),
         ...(ins.security === 'insecure' ? { security: 'insecure' as const } : {}),
         ...d,
@@ -854,8 +869,16 @@ class StageDispatch {
     this.history(`RUN ${prefix}${args.join(' ')} # buildkit`, true);
   }
 
-  /** One `--mount`; `sshIndex` numbers the default agent socket paths. */
-  async mount(node: Node, opts: MountOption[], sshIndex: number): Promise<MountSpec> {
+  /**
+   * One `--mount`: a mount, a secret environment variable, or both (a secret
+   * with `env=` and a `target=`); `sshIndex` numbers the default agent
+   * socket paths.
+   */
+  async mount(
+    node: Node,
+    opts: MountOption[],
+    sshIndex: number,
+  ): Promise<{ mount?: MountSpec; secretEnv?: SecretEnvSpec }> {
     const env = this.expandEnv();
     const o = new Map<string, string | undefined>();
     for (const { key, value } of opts) {
@@ -899,11 +922,13 @@ class StageDispatch {
         if (!target) return fail('bind mount needs a target');
         const src = (await fromState()) ?? this.c.context(source ?? '/');
         return {
-          type: 'bind',
-          target: target!,
-          source: src,
-          ...(source && posix.join('/', source) !== '/' ? { selector: posix.join('/', source) } : {}),
-          readonly: readonly ?? true,
+          mount: {
+            type: 'bind',
+            target: target!,
+            source: src,
+            ...(source && posix.join('/', source) !== '/' ? { selector: posix.join('/', source) } : {}),
+            readonly: readonly ?? true,
+          },
         };
       }
       case 'cache': {
@@ -924,46 +949,76 @@ class StageDispatch {
           selector = '/cache';
         }
         return {
-          type: 'cache',
-          target: target!,
-          id: o.get('id') || target!,
-          sharing,
-          ...(src ? { source: src } : {}),
-          ...(selector && selector !== '/' ? { selector } : {}),
-          readonly: readonly ?? false,
+          mount: {
+            type: 'cache',
+            target: target!,
+            id: o.get('id') || target!,
+            sharing,
+            ...(src ? { source: src } : {}),
+            ...(selector && selector !== '/' ? { selector } : {}),
+            readonly: readonly ?? false,
+          },
         };
       }
       case 'tmpfs': {
         if (!target) return fail('tmpfs mount needs a target');
         const size = o.get('size');
         return {
-          type: 'tmpfs',
-          target: target!,
-          ...(size !== undefined ? { size: parseSize(size, fail) } : {}),
+          mount: {
+            type: 'tmpfs',
+            target: target!,
+            ...(size !== undefined ? { size: parseSize(size, fail) } : {}),
+          },
         };
       }
-      case 'secret':
+      case 'secret': {
+        // The Dockerfile reference: id defaults to the target's base name (`source` is an alias of
+        // id); the target defaults to /run/secrets/<id> only when no env is given; with env and a
+        // target the secret is both a file and a variable.
+        const envName = o.get('env');
+        if (o.has('env') && !envName) fail('secret env= needs a variable name');
+        const id = o.get('id') || source || (target ? posix.basename(target) : undefined);
+        if (!id) return fail('secret mount needs an id or a target');
+        const optional = !(bool('required') ?? false);
+        const mode = int('mode', true);
+        const uid = int('uid');
+        const gid = int('gid');
+        const t = target || (envName === undefined ? `/run/secrets/${id}` : undefined);
+        const out: { mount?: MountSpec; secretEnv?: SecretEnvSpec } = {};
+        if (envName !== undefined) {
+          if (envName.includes('=')) fail(`invalid secret env name "${envName}"`);
+          out.secretEnv = { name: envName, id, optional };
+        }
+        if (t !== undefined) {
+          out.mount = {
+            type: 'secret',
+            target: t,
+            id,
+            ...(uid !== undefined ? { uid } : {}),
+            ...(gid !== undefined ? { gid } : {}),
+            ...(mode !== undefined ? { mode } : {}),
+            optional,
+          };
+        }
+        return out;
+      }
       case 'ssh': {
-        if (o.has('env')) fail('secret env= mounts are not supported (the LLB has no env secrets)');
+        if (o.has('env')) fail('env= is only for secret mounts, not ssh');
         const id = o.get('id') || undefined;
-        const isSecret = type === 'secret';
-        let t = target;
-        if (!t)
-          t = isSecret
-            ? `/run/secrets/${id ?? fail('secret mount needs an id or a target')}`
-            : `/run/buildkit/ssh_agent.${sshIndex}`;
         const required = bool('required') ?? false;
         const mode = int('mode', true);
         const uid = int('uid');
         const gid = int('gid');
         return {
-          type,
-          target: t!,
-          ...(id !== undefined ? { id } : {}),
-          ...(uid !== undefined ? { uid } : {}),
-          ...(gid !== undefined ? { gid } : {}),
-          ...(mode !== undefined ? { mode } : {}),
-          optional: !required,
+          mount: {
+            type: 'ssh',
+            target: target || `/run/buildkit/ssh_agent.${sshIndex}`,
+            ...(id !== undefined ? { id } : {}),
+            ...(uid !== undefined ? { uid } : {}),
+            ...(gid !== undefined ? { gid } : {}),
+            ...(mode !== undefined ? { mode } : {}),
+            optional: !required,
+          },
         };
       }
       default:

@@ -38,18 +38,30 @@ export const PLATFORM_ARG_NAMES = [
   'TARGETVARIANT',
 ] as const;
 
+/**
+ * A platform as BuildKit shows it in these arguments: normalized, but arm64's
+ * default variant v8 left out (`--platform linux/arm64` gives TARGETPLATFORM
+ * `linux/arm64` and an empty TARGETVARIANT, as docker 20.10's BuildKit does).
+ */
+function argPlatform(p: Platform): { text: string; os: string; arch: string; variant: string } {
+  const n = normalizePlatform(p);
+  const variant = n.architecture === 'arm64' && n.variant === 'v8' ? '' : (n.variant ?? '');
+  const text = variant ? formatPlatform(n) : `${n.os}/${n.architecture}`;
+  return { text, os: n.os, arch: n.architecture, variant };
+}
+
 /** The platform arguments for a build on `build` that targets `target`. */
 export function platformArgs(build: Platform, target: Platform): Map<string, string> {
-  const b = normalizePlatform(build);
-  const t = normalizePlatform(target);
+  const b = argPlatform(build);
+  const t = argPlatform(target);
   return new Map([
-    ['BUILDPLATFORM', formatPlatform(b)],
+    ['BUILDPLATFORM', b.text],
     ['BUILDOS', b.os],
-    ['BUILDARCH', b.architecture],
-    ['BUILDVARIANT', b.variant ?? ''],
-    ['TARGETPLATFORM', formatPlatform(t)],
+    ['BUILDARCH', b.arch],
+    ['BUILDVARIANT', b.variant],
+    ['TARGETPLATFORM', t.text],
     ['TARGETOS', t.os],
-    ['TARGETARCH', t.architecture],
-    ['TARGETVARIANT', t.variant ?? ''],
+    ['TARGETARCH', t.arch],
+    ['TARGETVARIANT', t.variant],
   ]);
 }

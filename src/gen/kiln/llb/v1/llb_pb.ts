@@ -23,7 +23,7 @@ import type { Message, UnknownEnum } from "@bufbuild/protobuf";
  * Describes the file kiln/llb/v1/llb.proto.
  */
 export const file_kiln_llb_v1_llb: GenFile = /*@__PURE__*/
-  fileDesc("ChVraWxuL2xsYi92MS9sbGIucHJvdG8SC2tpbG4ubGxiLnYxIsEBCgpEZWZpbml0aW9uEgsKA2RlZhgBIAMoDBI3CghtZXRhZGF0YRgCIAMoCzIlLmtpbG4ubGxiLnYxLkRlZmluaXRpb24uTWV0YWRhdGFFbnRyeRIjCgZzb3VyY2UYAyABKAsyEy5raWxuLmxsYi52MS5Tb3VyY2UaSAoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSJgoFdmFsdWUYAiABKAsyFy5raWxuLmxsYi52MS5PcE1ldGFkYXRhOgI4ASLyAgoCT3ASIgoGaW5wdXRzGAEgAygLMhIua2lsbi5sbGIudjEuSW5wdXQSIwoEZXhlYxgCIAEoCzITLmtpbG4ubGxiLnYxLkV4ZWNPcEgAEicKBnNvdXJjZRgDIAEoCzIVLmtpbG4ubGxiLnYxLlNvdXJjZU9wSAASIwoEZmlsZRgEIAEoCzITLmtpbG4ubGxiLnYxLkZpbGVPcEgAEiUKBWJ1aWxkGAUgASgLMhQua2lsbi5sbGIudjEuQnVpbGRPcEgAEiUKBW1lcmdlGAYgASgLMhQua2lsbi5sbGIudjEuTWVyZ2VPcEgAEiMKBGRpZmYYByABKAsyEy5raWxuLmxsYi52MS5EaWZmT3BIABInCghwbGF0Zm9ybRgKIAEoCzIVLmtpbG4ubGxiLnYxLlBsYXRmb3JtEjMKC2NvbnN0cmFpbnRzGAsgASgLMh4ua2lsbi5sbGIudjEuV29ya2VyQ29uc3RyYWludHNCBAoCb3AiJgoFSW5wdXQSDgoGZGlnZXN0GAEgASgJEg0KBWluZGV4GAIgASgFImYKCFBsYXRmb3JtEgoKAm9zGAEgASgJEhQKDGFyY2hpdGVjdHVyZRgCIAEoCRIPCgd2YXJpYW50GAMgASgJEhIKCm9zX3ZlcnNpb24YBCABKAkSEwoLb3NfZmVhdHVyZXMYBSADKAkiIwoRV29ya2VyQ29uc3RyYWludHMSDgoGZmlsdGVyGAEgAygJIqUBCgZFeGVjT3ASHwoEbWV0YRgBIAEoCzIRLmtpbG4ubGxiLnYxLk1ldGESIgoGbW91bnRzGAIgAygLMhIua2lsbi5sbGIudjEuTW91bnQSKQoHbmV0d29yaxgDIAEoDjIYLmtpbG4ubGxiLnYxLk5ldHdvcmtNb2RlEisKCHNlY3VyaXR5GAQgASgOMhkua2lsbi5sbGIudjEuU2VjdXJpdHlNb2RlIpIBCgRNZXRhEgwKBGFyZ3MYASADKAkSCwoDZW52GAIgAygJEgsKA2N3ZBgDIAEoCRIMCgR1c2VyGAQgASgJEhAKCGhvc3RuYW1lGAUgASgJEigKC2V4dHJhX2hvc3RzGAYgAygLMhMua2lsbi5sbGIudjEuSG9zdElQEhgKEHZhbGlkX2V4aXRfY29kZXMYByADKAUiIgoGSG9zdElQEgwKBGhvc3QYASABKAkSCgoCaXAYAiABKAkiswIKBU1vdW50EhIKBWlucHV0GAEgASgFSACIAQESEAoIc2VsZWN0b3IYAiABKAkSDAoEZGVzdBgDIAEoCRITCgZvdXRwdXQYBCABKAVIAYgBARIQCghyZWFkb25seRgFIAEoCBIkCgR0eXBlGAYgASgOMhYua2lsbi5sbGIudjEuTW91bnRUeXBlEiQKBWNhY2hlGAogASgLMhUua2lsbi5sbGIudjEuQ2FjaGVPcHQSJgoGc2VjcmV0GAsgASgLMhYua2lsbi5sbGIudjEuU2VjcmV0T3B0EiAKA3NzaBgMIAEoCzITLmtpbG4ubGxiLnYxLlNTSE9wdBIkCgV0bXBmcxgNIAEoCzIVLmtpbG4ubGxiLnYxLlRtcGZzT3B0QggKBl9pbnB1dEIJCgdfb3V0cHV0IkIKCENhY2hlT3B0EgoKAmlkGAEgASgJEioKB3NoYXJpbmcYAiABKA4yGS5raWxuLmxsYi52MS5DYWNoZVNoYXJpbmciUQoJU2VjcmV0T3B0EgoKAmlkGAEgASgJEgsKA3VpZBgCIAEoDRILCgNnaWQYAyABKA0SDAoEbW9kZRgEIAEoDRIQCghvcHRpb25hbBgFIAEoCCJOCgZTU0hPcHQSCgoCaWQYASABKAkSCwoDdWlkGAIgASgNEgsKA2dpZBgDIAEoDRIMCgRtb2RlGAQgASgNEhAKCG9wdGlvbmFsGAUgASgIIhgKCFRtcGZzT3B0EgwKBHNpemUYASABKAMifQoIU291cmNlT3ASEgoKaWRlbnRpZmllchgBIAEoCRIvCgVhdHRycxgCIAMoCzIgLmtpbG4ubGxiLnYxLlNvdXJjZU9wLkF0dHJzRW50cnkaLAoKQXR0cnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjIKBkZpbGVPcBIoCgdhY3Rpb25zGAEgAygLMhcua2lsbi5sbGIudjEuRmlsZUFjdGlvbiI5CglGaWxlSW5wdXQSEgoIb3BfaW5wdXQYASABKAVIABIQCgZhY3Rpb24YAiABKAVIAEIGCgRmcm9tIsQCCgpGaWxlQWN0aW9uEiUKBWlucHV0GAEgASgLMhYua2lsbi5sbGIudjEuRmlsZUlucHV0Ei8KD3NlY29uZGFyeV9pbnB1dBgCIAEoCzIWLmtpbG4ubGxiLnYxLkZpbGVJbnB1dBITCgZvdXRwdXQYAyABKAVIAYgBARIrCgRjb3B5GAQgASgLMhsua2lsbi5sbGIudjEuRmlsZUFjdGlvbkNvcHlIABIvCgZta2ZpbGUYBSABKAsyHS5raWxuLmxsYi52MS5GaWxlQWN0aW9uTWtGaWxlSAASLQoFbWtkaXIYBiABKAsyHC5raWxuLmxsYi52MS5GaWxlQWN0aW9uTWtEaXJIABInCgJybRgHIAEoCzIZLmtpbG4ubGxiLnYxLkZpbGVBY3Rpb25SbUgAQggKBmFjdGlvbkIJCgdfb3V0cHV0Ii8KB1VzZXJPcHQSDgoEbmFtZRgBIAEoCUgAEgwKAmlkGAIgASgNSABCBgoEdXNlciJTCghDaG93bk9wdBIiCgR1c2VyGAEgASgLMhQua2lsbi5sbGIudjEuVXNlck9wdBIjCgVncm91cBgCIAEoCzIULmtpbG4ubGxiLnYxLlVzZXJPcHQijAMKDkZpbGVBY3Rpb25Db3B5EgsKA3NyYxgBIAEoCRIMCgRkZXN0GAIgASgJEiQKBW93bmVyGAMgASgLMhUua2lsbi5sbGIudjEuQ2hvd25PcHQSEQoEbW9kZRgEIAEoDUgAiAEBEhYKDmZvbGxvd19zeW1saW5rGAUgASgIEhkKEWRpcl9jb250ZW50c19vbmx5GAYgASgIEhgKEGNyZWF0ZV9kZXN0X3BhdGgYByABKAgSFgoOYWxsb3dfd2lsZGNhcmQYCCABKAgSHAoUYWxsb3dfZW1wdHlfd2lsZGNhcmQYCSABKAgSLQoJdGltZXN0YW1wGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIYChBpbmNsdWRlX3BhdHRlcm5zGAsgAygJEhgKEGV4Y2x1ZGVfcGF0dGVybnMYDCADKAkSHwoXYWx3YXlzX3JlcGxhY2VfZXhpc3RpbmcYDSABKAgSFgoOYXR0ZW1wdF91bnBhY2sYDiABKAhCBwoFX21vZGUikQEKEEZpbGVBY3Rpb25Na0ZpbGUSDAoEcGF0aBgBIAEoCRIMCgRtb2RlGAIgASgNEgwKBGRhdGEYAyABKAwSJAoFb3duZXIYBCABKAsyFS5raWxuLmxsYi52MS5DaG93bk9wdBItCgl0aW1lc3RhbXAYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIpgBCg9GaWxlQWN0aW9uTWtEaXISDAoEcGF0aBgBIAEoCRIMCgRtb2RlGAIgASgNEhQKDG1ha2VfcGFyZW50cxgDIAEoCBIkCgVvd25lchgEIAEoCzIVLmtpbG4ubGxiLnYxLkNob3duT3B0Ei0KCXRpbWVzdGFtcBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTQoMRmlsZUFjdGlvblJtEgwKBHBhdGgYASABKAkSFwoPYWxsb3dfbm90X2ZvdW5kGAIgASgIEhYKDmFsbG93X3dpbGRjYXJkGAMgASgIIjIKB01lcmdlT3ASJwoGaW5wdXRzGAEgAygLMhcua2lsbi5sbGIudjEuTWVyZ2VJbnB1dCIbCgpNZXJnZUlucHV0Eg0KBWlucHV0GAEgASgFIlYKBkRpZmZPcBIlCgVsb3dlchgBIAEoCzIWLmtpbG4ubGxiLnYxLkRpZmZJbnB1dBIlCgV1cHBlchgCIAEoCzIWLmtpbG4ubGxiLnYxLkRpZmZJbnB1dCIpCglEaWZmSW5wdXQSEgoFaW5wdXQYASABKAVIAIgBAUIICgZfaW5wdXQihgIKB0J1aWxkT3ASDwoHYnVpbGRlchgBIAEoBRIwCgZpbnB1dHMYAiADKAsyIC5raWxuLmxsYi52MS5CdWlsZE9wLklucHV0c0VudHJ5EisKCmRlZmluaXRpb24YAyABKAsyFy5raWxuLmxsYi52MS5EZWZpbml0aW9uEi4KBWF0dHJzGAQgAygLMh8ua2lsbi5sbGIudjEuQnVpbGRPcC5BdHRyc0VudHJ5Gi0KC0lucHV0c0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBToCOAEaLAoKQXR0cnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqcCCgpPcE1ldGFkYXRhEhQKDGlnbm9yZV9jYWNoZRgBIAEoCBI9CgtkZXNjcmlwdGlvbhgCIAMoCzIoLmtpbG4ubGxiLnYxLk9wTWV0YWRhdGEuRGVzY3JpcHRpb25FbnRyeRIyCg5wcm9ncmVzc19ncm91cBgDIAEoCzIaLmtpbG4ubGxiLnYxLlByb2dyZXNzR3JvdXASLwoEY2FwcxgEIAMoCzIhLmtpbG4ubGxiLnYxLk9wTWV0YWRhdGEuQ2Fwc0VudHJ5GjIKEERlc2NyaXB0aW9uRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARorCglDYXBzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgIOgI4ASI3Cg1Qcm9ncmVzc0dyb3VwEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSDAoEd2VhaxgDIAEoCCKxAQoGU291cmNlEjUKCWxvY2F0aW9ucxgBIAMoCzIiLmtpbG4ubGxiLnYxLlNvdXJjZS5Mb2NhdGlvbnNFbnRyeRImCgVpbmZvcxgCIAMoCzIXLmtpbG4ubGxiLnYxLlNvdXJjZUluZm8aSAoOTG9jYXRpb25zRW50cnkSCwoDa2V5GAEgASgJEiUKBXZhbHVlGAIgASgLMhYua2lsbi5sbGIudjEuTG9jYXRpb25zOgI4ASI1CglMb2NhdGlvbnMSKAoJbG9jYXRpb25zGAEgAygLMhUua2lsbi5sbGIudjEuTG9jYXRpb24iRAoITG9jYXRpb24SFAoMc291cmNlX2luZGV4GAEgASgFEiIKBnJhbmdlcxgCIAMoCzISLmtpbG4ubGxiLnYxLlJhbmdlIj4KClNvdXJjZUluZm8SEAoIZmlsZW5hbWUYASABKAkSDAoEZGF0YRgCIAEoDBIQCghsYW5ndWFnZRgDIAEoCSJRCgVSYW5nZRIkCgVzdGFydBgBIAEoCzIVLmtpbG4ubGxiLnYxLlBvc2l0aW9uEiIKA2VuZBgCIAEoCzIVLmtpbG4ubGxiLnYxLlBvc2l0aW9uIisKCFBvc2l0aW9uEgwKBGxpbmUYASABKAUSEQoJY2hhcmFjdGVyGAIgASgFKlkKC05ldHdvcmtNb2RlEhwKGE5FVFdPUktfTU9ERV9VTlNQRUNJRklFRBAAEhUKEU5FVFdPUktfTU9ERV9IT1NUEAESFQoRTkVUV09SS19NT0RFX05PTkUQAipJCgxTZWN1cml0eU1vZGUSHQoZU0VDVVJJVFlfTU9ERV9VTlNQRUNJRklFRBAAEhoKFlNFQ1VSSVRZX01PREVfSU5TRUNVUkUQASqTAQoJTW91bnRUeXBlEhoKFk1PVU5UX1RZUEVfVU5TUEVDSUZJRUQQABITCg9NT1VOVF9UWVBFX0JJTkQQARIVChFNT1VOVF9UWVBFX1NFQ1JFVBACEhIKDk1PVU5UX1RZUEVfU1NIEAMSFAoQTU9VTlRfVFlQRV9DQUNIRRAEEhQKEE1PVU5UX1RZUEVfVE1QRlMQBSpiCgxDYWNoZVNoYXJpbmcSHQoZQ0FDSEVfU0hBUklOR19VTlNQRUNJRklFRBAAEhkKFUNBQ0hFX1NIQVJJTkdfUFJJVkFURRABEhgKFENBQ0hFX1NIQVJJTkdfTE9DS0VEEAJiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChVraWxuL2xsYi92MS9sbGIucHJvdG8SC2tpbG4ubGxiLnYxIsEBCgpEZWZpbml0aW9uEgsKA2RlZhgBIAMoDBI3CghtZXRhZGF0YRgCIAMoCzIlLmtpbG4ubGxiLnYxLkRlZmluaXRpb24uTWV0YWRhdGFFbnRyeRIjCgZzb3VyY2UYAyABKAsyEy5raWxuLmxsYi52MS5Tb3VyY2UaSAoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSJgoFdmFsdWUYAiABKAsyFy5raWxuLmxsYi52MS5PcE1ldGFkYXRhOgI4ASLyAgoCT3ASIgoGaW5wdXRzGAEgAygLMhIua2lsbi5sbGIudjEuSW5wdXQSIwoEZXhlYxgCIAEoCzITLmtpbG4ubGxiLnYxLkV4ZWNPcEgAEicKBnNvdXJjZRgDIAEoCzIVLmtpbG4ubGxiLnYxLlNvdXJjZU9wSAASIwoEZmlsZRgEIAEoCzITLmtpbG4ubGxiLnYxLkZpbGVPcEgAEiUKBWJ1aWxkGAUgASgLMhQua2lsbi5sbGIudjEuQnVpbGRPcEgAEiUKBW1lcmdlGAYgASgLMhQua2lsbi5sbGIudjEuTWVyZ2VPcEgAEiMKBGRpZmYYByABKAsyEy5raWxuLmxsYi52MS5EaWZmT3BIABInCghwbGF0Zm9ybRgKIAEoCzIVLmtpbG4ubGxiLnYxLlBsYXRmb3JtEjMKC2NvbnN0cmFpbnRzGAsgASgLMh4ua2lsbi5sbGIudjEuV29ya2VyQ29uc3RyYWludHNCBAoCb3AiJgoFSW5wdXQSDgoGZGlnZXN0GAEgASgJEg0KBWluZGV4GAIgASgFImYKCFBsYXRmb3JtEgoKAm9zGAEgASgJEhQKDGFyY2hpdGVjdHVyZRgCIAEoCRIPCgd2YXJpYW50GAMgASgJEhIKCm9zX3ZlcnNpb24YBCABKAkSEwoLb3NfZmVhdHVyZXMYBSADKAkiIwoRV29ya2VyQ29uc3RyYWludHMSDgoGZmlsdGVyGAEgAygJItEBCgZFeGVjT3ASHwoEbWV0YRgBIAEoCzIRLmtpbG4ubGxiLnYxLk1ldGESIgoGbW91bnRzGAIgAygLMhIua2lsbi5sbGIudjEuTW91bnQSKQoHbmV0d29yaxgDIAEoDjIYLmtpbG4ubGxiLnYxLk5ldHdvcmtNb2RlEisKCHNlY3VyaXR5GAQgASgOMhkua2lsbi5sbGIudjEuU2VjdXJpdHlNb2RlEioKCnNlY3JldF9lbnYYBSADKAsyFi5raWxuLmxsYi52MS5TZWNyZXRFbnYiNwoJU2VjcmV0RW52EgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSEAoIb3B0aW9uYWwYAyABKAgikgEKBE1ldGESDAoEYXJncxgBIAMoCRILCgNlbnYYAiADKAkSCwoDY3dkGAMgASgJEgwKBHVzZXIYBCABKAkSEAoIaG9zdG5hbWUYBSABKAkSKAoLZXh0cmFfaG9zdHMYBiADKAsyEy5raWxuLmxsYi52MS5Ib3N0SVASGAoQdmFsaWRfZXhpdF9jb2RlcxgHIAMoBSIiCgZIb3N0SVASDAoEaG9zdBgBIAEoCRIKCgJpcBgCIAEoCSKzAgoFTW91bnQSEgoFaW5wdXQYASABKAVIAIgBARIQCghzZWxlY3RvchgCIAEoCRIMCgRkZXN0GAMgASgJEhMKBm91dHB1dBgEIAEoBUgBiAEBEhAKCHJlYWRvbmx5GAUgASgIEiQKBHR5cGUYBiABKA4yFi5raWxuLmxsYi52MS5Nb3VudFR5cGUSJAoFY2FjaGUYCiABKAsyFS5raWxuLmxsYi52MS5DYWNoZU9wdBImCgZzZWNyZXQYCyABKAsyFi5raWxuLmxsYi52MS5TZWNyZXRPcHQSIAoDc3NoGAwgASgLMhMua2lsbi5sbGIudjEuU1NIT3B0EiQKBXRtcGZzGA0gASgLMhUua2lsbi5sbGIudjEuVG1wZnNPcHRCCAoGX2lucHV0QgkKB19vdXRwdXQiQgoIQ2FjaGVPcHQSCgoCaWQYASABKAkSKgoHc2hhcmluZxgCIAEoDjIZLmtpbG4ubGxiLnYxLkNhY2hlU2hhcmluZyJRCglTZWNyZXRPcHQSCgoCaWQYASABKAkSCwoDdWlkGAIgASgNEgsKA2dpZBgDIAEoDRIMCgRtb2RlGAQgASgNEhAKCG9wdGlvbmFsGAUgASgIIk4KBlNTSE9wdBIKCgJpZBgBIAEoCRILCgN1aWQYAiABKA0SCwoDZ2lkGAMgASgNEgwKBG1vZGUYBCABKA0SEAoIb3B0aW9uYWwYBSABKAgiGAoIVG1wZnNPcHQSDAoEc2l6ZRgBIAEoAyJ9CghTb3VyY2VPcBISCgppZGVudGlmaWVyGAEgASgJEi8KBWF0dHJzGAIgAygLMiAua2lsbi5sbGIudjEuU291cmNlT3AuQXR0cnNFbnRyeRosCgpBdHRyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiMgoGRmlsZU9wEigKB2FjdGlvbnMYASADKAsyFy5raWxuLmxsYi52MS5GaWxlQWN0aW9uIjkKCUZpbGVJbnB1dBISCghvcF9pbnB1dBgBIAEoBUgAEhAKBmFjdGlvbhgCIAEoBUgAQgYKBGZyb20ixAIKCkZpbGVBY3Rpb24SJQoFaW5wdXQYASABKAsyFi5raWxuLmxsYi52MS5GaWxlSW5wdXQSLwoPc2Vjb25kYXJ5X2lucHV0GAIgASgLMhYua2lsbi5sbGIudjEuRmlsZUlucHV0EhMKBm91dHB1dBgDIAEoBUgBiAEBEisKBGNvcHkYBCABKAsyGy5raWxuLmxsYi52MS5GaWxlQWN0aW9uQ29weUgAEi8KBm1rZmlsZRgFIAEoCzIdLmtpbG4ubGxiLnYxLkZpbGVBY3Rpb25Na0ZpbGVIABItCgVta2RpchgGIAEoCzIcLmtpbG4ubGxiLnYxLkZpbGVBY3Rpb25Na0RpckgAEicKAnJtGAcgASgLMhkua2lsbi5sbGIudjEuRmlsZUFjdGlvblJtSABCCAoGYWN0aW9uQgkKB19vdXRwdXQiLwoHVXNlck9wdBIOCgRuYW1lGAEgASgJSAASDAoCaWQYAiABKA1IAEIGCgR1c2VyIlMKCENob3duT3B0EiIKBHVzZXIYASABKAsyFC5raWxuLmxsYi52MS5Vc2VyT3B0EiMKBWdyb3VwGAIgASgLMhQua2lsbi5sbGIudjEuVXNlck9wdCKMAwoORmlsZUFjdGlvbkNvcHkSCwoDc3JjGAEgASgJEgwKBGRlc3QYAiABKAkSJAoFb3duZXIYAyABKAsyFS5raWxuLmxsYi52MS5DaG93bk9wdBIRCgRtb2RlGAQgASgNSACIAQESFgoOZm9sbG93X3N5bWxpbmsYBSABKAgSGQoRZGlyX2NvbnRlbnRzX29ubHkYBiABKAgSGAoQY3JlYXRlX2Rlc3RfcGF0aBgHIAEoCBIWCg5hbGxvd193aWxkY2FyZBgIIAEoCBIcChRhbGxvd19lbXB0eV93aWxkY2FyZBgJIAEoCBItCgl0aW1lc3RhbXAYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhgKEGluY2x1ZGVfcGF0dGVybnMYCyADKAkSGAoQZXhjbHVkZV9wYXR0ZXJucxgMIAMoCRIfChdhbHdheXNfcmVwbGFjZV9leGlzdGluZxgNIAEoCBIWCg5hdHRlbXB0X3VucGFjaxgOIAEoCEIHCgVfbW9kZSKRAQoQRmlsZUFjdGlvbk1rRmlsZRIMCgRwYXRoGAEgASgJEgwKBG1vZGUYAiABKA0SDAoEZGF0YRgDIAEoDBIkCgVvd25lchgEIAEoCzIVLmtpbG4ubGxiLnYxLkNob3duT3B0Ei0KCXRpbWVzdGFtcBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAimAEKD0ZpbGVBY3Rpb25Na0RpchIMCgRwYXRoGAEgASgJEgwKBG1vZGUYAiABKA0SFAoMbWFrZV9wYXJlbnRzGAMgASgIEiQKBW93bmVyGAQgASgLMhUua2lsbi5sbGIudjEuQ2hvd25PcHQSLQoJdGltZXN0YW1wGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJNCgxGaWxlQWN0aW9uUm0SDAoEcGF0aBgBIAEoCRIXCg9hbGxvd19ub3RfZm91bmQYAiABKAgSFgoOYWxsb3dfd2lsZGNhcmQYAyABKAgiMgoHTWVyZ2VPcBInCgZpbnB1dHMYASADKAsyFy5raWxuLmxsYi52MS5NZXJnZUlucHV0IhsKCk1lcmdlSW5wdXQSDQoFaW5wdXQYASABKAUiVgoGRGlmZk9wEiUKBWxvd2VyGAEgASgLMhYua2lsbi5sbGIudjEuRGlmZklucHV0EiUKBXVwcGVyGAIgASgLMhYua2lsbi5sbGIudjEuRGlmZklucHV0IikKCURpZmZJbnB1dBISCgVpbnB1dBgBIAEoBUgAiAEBQggKBl9pbnB1dCKGAgoHQnVpbGRPcBIPCgdidWlsZGVyGAEgASgFEjAKBmlucHV0cxgCIAMoCzIgLmtpbG4ubGxiLnYxLkJ1aWxkT3AuSW5wdXRzRW50cnkSKwoKZGVmaW5pdGlvbhgDIAEoCzIXLmtpbG4ubGxiLnYxLkRlZmluaXRpb24SLgoFYXR0cnMYBCADKAsyHy5raWxuLmxsYi52MS5CdWlsZE9wLkF0dHJzRW50cnkaLQoLSW5wdXRzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgFOgI4ARosCgpBdHRyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEipwIKCk9wTWV0YWRhdGESFAoMaWdub3JlX2NhY2hlGAEgASgIEj0KC2Rlc2NyaXB0aW9uGAIgAygLMigua2lsbi5sbGIudjEuT3BNZXRhZGF0YS5EZXNjcmlwdGlvbkVudHJ5EjIKDnByb2dyZXNzX2dyb3VwGAMgASgLMhoua2lsbi5sbGIudjEuUHJvZ3Jlc3NHcm91cBIvCgRjYXBzGAQgAygLMiEua2lsbi5sbGIudjEuT3BNZXRhZGF0YS5DYXBzRW50cnkaMgoQRGVzY3JpcHRpb25FbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGisKCUNhcHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAg6AjgBIjcKDVByb2dyZXNzR3JvdXASCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIMCgR3ZWFrGAMgASgIIrEBCgZTb3VyY2USNQoJbG9jYXRpb25zGAEgAygLMiIua2lsbi5sbGIudjEuU291cmNlLkxvY2F0aW9uc0VudHJ5EiYKBWluZm9zGAIgAygLMhcua2lsbi5sbGIudjEuU291cmNlSW5mbxpICg5Mb2NhdGlvbnNFbnRyeRILCgNrZXkYASABKAkSJQoFdmFsdWUYAiABKAsyFi5raWxuLmxsYi52MS5Mb2NhdGlvbnM6AjgBIjUKCUxvY2F0aW9ucxIoCglsb2NhdGlvbnMYASADKAsyFS5raWxuLmxsYi52MS5Mb2NhdGlvbiJECghMb2NhdGlvbhIUCgxzb3VyY2VfaW5kZXgYASABKAUSIgoGcmFuZ2VzGAIgAygLMhIua2lsbi5sbGIudjEuUmFuZ2UiPgoKU291cmNlSW5mbxIQCghmaWxlbmFtZRgBIAEoCRIMCgRkYXRhGAIgASgMEhAKCGxhbmd1YWdlGAMgASgJIlEKBVJhbmdlEiQKBXN0YXJ0GAEgASgLMhUua2lsbi5sbGIudjEuUG9zaXRpb24SIgoDZW5kGAIgASgLMhUua2lsbi5sbGIudjEuUG9zaXRpb24iKwoIUG9zaXRpb24SDAoEbGluZRgBIAEoBRIRCgljaGFyYWN0ZXIYAiABKAUqWQoLTmV0d29ya01vZGUSHAoYTkVUV09SS19NT0RFX1VOU1BFQ0lGSUVEEAASFQoRTkVUV09SS19NT0RFX0hPU1QQARIVChFORVRXT1JLX01PREVfTk9ORRACKkkKDFNlY3VyaXR5TW9kZRIdChlTRUNVUklUWV9NT0RFX1VOU1BFQ0lGSUVEEAASGgoWU0VDVVJJVFlfTU9ERV9JTlNFQ1VSRRABKpMBCglNb3VudFR5cGUSGgoWTU9VTlRfVFlQRV9VTlNQRUNJRklFRBAAEhMKD01PVU5UX1RZUEVfQklORBABEhUKEU1PVU5UX1RZUEVfU0VDUkVUEAISEgoOTU9VTlRfVFlQRV9TU0gQAxIUChBNT1VOVF9UWVBFX0NBQ0hFEAQSFAoQTU9VTlRfVFlQRV9UTVBGUxAFKmIKDENhY2hlU2hhcmluZxIdChlDQUNIRV9TSEFSSU5HX1VOU1BFQ0lGSUVEEAASGQoVQ0FDSEVfU0hBUklOR19QUklWQVRFEAESGAoUQ0FDSEVfU0hBUklOR19MT0NLRUQQAmIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * A serialized build graph.
@@ -252,6 +252,16 @@ export type ExecOp = Message<"kiln.llb.v1.ExecOp"> & {
    * @generated from field: kiln.llb.v1.SecurityMode security = 4;
    */
   security: SecurityMode;
+
+  /**
+   * Secrets of the client session exposed to the process as environment
+   * variables (Dockerfile `RUN --mount=type=secret,env=NAME`), sorted by
+   * name, names unique. Only the secret id is part of the op: the value is
+   * read at run time and reaches the process environment only.
+   *
+   * @generated from field: repeated kiln.llb.v1.SecretEnv secret_env = 5;
+   */
+  secretEnv: SecretEnv[];
 };
 
 /**
@@ -260,6 +270,41 @@ export type ExecOp = Message<"kiln.llb.v1.ExecOp"> & {
  */
 export const ExecOpSchema: GenMessage<ExecOp> = /*@__PURE__*/
   messageDesc(file_kiln_llb_v1_llb, 5);
+
+/**
+ * A session secret given to the process as an environment variable.
+ *
+ * @generated from message kiln.llb.v1.SecretEnv
+ */
+export type SecretEnv = Message<"kiln.llb.v1.SecretEnv"> & {
+  /**
+   * Secret id in the client session.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Environment variable name.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * When true a missing secret leaves the variable unset instead of failing.
+   *
+   * @generated from field: bool optional = 3;
+   */
+  optional: boolean;
+};
+
+/**
+ * Describes the message kiln.llb.v1.SecretEnv.
+ * Use `create(SecretEnvSchema)` to create a new message.
+ */
+export const SecretEnvSchema: GenMessage<SecretEnv> = /*@__PURE__*/
+  messageDesc(file_kiln_llb_v1_llb, 6);
 
 /**
  * The process to run.
@@ -316,7 +361,7 @@ export type Meta = Message<"kiln.llb.v1.Meta"> & {
  * Use `create(MetaSchema)` to create a new message.
  */
 export const MetaSchema: GenMessage<Meta> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 6);
+  messageDesc(file_kiln_llb_v1_llb, 7);
 
 /**
  * An /etc/hosts entry.
@@ -340,7 +385,7 @@ export type HostIP = Message<"kiln.llb.v1.HostIP"> & {
  * Use `create(HostIPSchema)` to create a new message.
  */
 export const HostIPSchema: GenMessage<HostIP> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 7);
+  messageDesc(file_kiln_llb_v1_llb, 8);
 
 /**
  * One filesystem visible to an exec.
@@ -414,7 +459,7 @@ export type Mount = Message<"kiln.llb.v1.Mount"> & {
  * Use `create(MountSchema)` to create a new message.
  */
 export const MountSchema: GenMessage<Mount> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 8);
+  messageDesc(file_kiln_llb_v1_llb, 9);
 
 /**
  * @generated from message kiln.llb.v1.CacheOpt
@@ -438,7 +483,7 @@ export type CacheOpt = Message<"kiln.llb.v1.CacheOpt"> & {
  * Use `create(CacheOptSchema)` to create a new message.
  */
 export const CacheOptSchema: GenMessage<CacheOpt> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 9);
+  messageDesc(file_kiln_llb_v1_llb, 10);
 
 /**
  * @generated from message kiln.llb.v1.SecretOpt
@@ -477,7 +522,7 @@ export type SecretOpt = Message<"kiln.llb.v1.SecretOpt"> & {
  * Use `create(SecretOptSchema)` to create a new message.
  */
 export const SecretOptSchema: GenMessage<SecretOpt> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 10);
+  messageDesc(file_kiln_llb_v1_llb, 11);
 
 /**
  * @generated from message kiln.llb.v1.SSHOpt
@@ -514,7 +559,7 @@ export type SSHOpt = Message<"kiln.llb.v1.SSHOpt"> & {
  * Use `create(SSHOptSchema)` to create a new message.
  */
 export const SSHOptSchema: GenMessage<SSHOpt> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 11);
+  messageDesc(file_kiln_llb_v1_llb, 12);
 
 /**
  * @generated from message kiln.llb.v1.TmpfsOpt
@@ -533,7 +578,7 @@ export type TmpfsOpt = Message<"kiln.llb.v1.TmpfsOpt"> & {
  * Use `create(TmpfsOptSchema)` to create a new message.
  */
 export const TmpfsOptSchema: GenMessage<TmpfsOpt> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 12);
+  messageDesc(file_kiln_llb_v1_llb, 13);
 
 /**
  * Brings a tree in from outside the graph.
@@ -562,7 +607,7 @@ export type SourceOp = Message<"kiln.llb.v1.SourceOp"> & {
  * Use `create(SourceOpSchema)` to create a new message.
  */
 export const SourceOpSchema: GenMessage<SourceOp> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 13);
+  messageDesc(file_kiln_llb_v1_llb, 14);
 
 /**
  * A sequence of filesystem changes. Each action starts from a tree (an op
@@ -583,7 +628,7 @@ export type FileOp = Message<"kiln.llb.v1.FileOp"> & {
  * Use `create(FileOpSchema)` to create a new message.
  */
 export const FileOpSchema: GenMessage<FileOp> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 14);
+  messageDesc(file_kiln_llb_v1_llb, 15);
 
 /**
  * Where an action's tree comes from; an unset `from` is an empty tree.
@@ -618,7 +663,7 @@ export type FileInput = Message<"kiln.llb.v1.FileInput"> & {
  * Use `create(FileInputSchema)` to create a new message.
  */
 export const FileInputSchema: GenMessage<FileInput> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 15);
+  messageDesc(file_kiln_llb_v1_llb, 16);
 
 /**
  * @generated from message kiln.llb.v1.FileAction
@@ -680,7 +725,7 @@ export type FileAction = Message<"kiln.llb.v1.FileAction"> & {
  * Use `create(FileActionSchema)` to create a new message.
  */
 export const FileActionSchema: GenMessage<FileAction> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 16);
+  messageDesc(file_kiln_llb_v1_llb, 17);
 
 /**
  * A user or group, by name (resolved in the changed tree's /etc/passwd or
@@ -712,7 +757,7 @@ export type UserOpt = Message<"kiln.llb.v1.UserOpt"> & {
  * Use `create(UserOptSchema)` to create a new message.
  */
 export const UserOptSchema: GenMessage<UserOpt> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 17);
+  messageDesc(file_kiln_llb_v1_llb, 18);
 
 /**
  * @generated from message kiln.llb.v1.ChownOpt
@@ -736,7 +781,7 @@ export type ChownOpt = Message<"kiln.llb.v1.ChownOpt"> & {
  * Use `create(ChownOptSchema)` to create a new message.
  */
 export const ChownOptSchema: GenMessage<ChownOpt> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 18);
+  messageDesc(file_kiln_llb_v1_llb, 19);
 
 /**
  * @generated from message kiln.llb.v1.FileActionCopy
@@ -840,7 +885,7 @@ export type FileActionCopy = Message<"kiln.llb.v1.FileActionCopy"> & {
  * Use `create(FileActionCopySchema)` to create a new message.
  */
 export const FileActionCopySchema: GenMessage<FileActionCopy> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 19);
+  messageDesc(file_kiln_llb_v1_llb, 20);
 
 /**
  * @generated from message kiln.llb.v1.FileActionMkFile
@@ -877,7 +922,7 @@ export type FileActionMkFile = Message<"kiln.llb.v1.FileActionMkFile"> & {
  * Use `create(FileActionMkFileSchema)` to create a new message.
  */
 export const FileActionMkFileSchema: GenMessage<FileActionMkFile> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 20);
+  messageDesc(file_kiln_llb_v1_llb, 21);
 
 /**
  * @generated from message kiln.llb.v1.FileActionMkDir
@@ -914,7 +959,7 @@ export type FileActionMkDir = Message<"kiln.llb.v1.FileActionMkDir"> & {
  * Use `create(FileActionMkDirSchema)` to create a new message.
  */
 export const FileActionMkDirSchema: GenMessage<FileActionMkDir> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 21);
+  messageDesc(file_kiln_llb_v1_llb, 22);
 
 /**
  * @generated from message kiln.llb.v1.FileActionRm
@@ -941,7 +986,7 @@ export type FileActionRm = Message<"kiln.llb.v1.FileActionRm"> & {
  * Use `create(FileActionRmSchema)` to create a new message.
  */
 export const FileActionRmSchema: GenMessage<FileActionRm> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 22);
+  messageDesc(file_kiln_llb_v1_llb, 23);
 
 /**
  * Layers its inputs on top of each other, the first at the bottom.
@@ -960,7 +1005,7 @@ export type MergeOp = Message<"kiln.llb.v1.MergeOp"> & {
  * Use `create(MergeOpSchema)` to create a new message.
  */
 export const MergeOpSchema: GenMessage<MergeOp> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 23);
+  messageDesc(file_kiln_llb_v1_llb, 24);
 
 /**
  * @generated from message kiln.llb.v1.MergeInput
@@ -979,7 +1024,7 @@ export type MergeInput = Message<"kiln.llb.v1.MergeInput"> & {
  * Use `create(MergeInputSchema)` to create a new message.
  */
 export const MergeInputSchema: GenMessage<MergeInput> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 24);
+  messageDesc(file_kiln_llb_v1_llb, 25);
 
 /**
  * The changes that turn `lower` into `upper`, as a tree of its own.
@@ -1003,7 +1048,7 @@ export type DiffOp = Message<"kiln.llb.v1.DiffOp"> & {
  * Use `create(DiffOpSchema)` to create a new message.
  */
 export const DiffOpSchema: GenMessage<DiffOp> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 25);
+  messageDesc(file_kiln_llb_v1_llb, 26);
 
 /**
  * @generated from message kiln.llb.v1.DiffInput
@@ -1022,7 +1067,7 @@ export type DiffInput = Message<"kiln.llb.v1.DiffInput"> & {
  * Use `create(DiffInputSchema)` to create a new message.
  */
 export const DiffInputSchema: GenMessage<DiffInput> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 26);
+  messageDesc(file_kiln_llb_v1_llb, 27);
 
 /**
  * Runs a nested build: a frontend reads a definition file from the builder
@@ -1063,7 +1108,7 @@ export type BuildOp = Message<"kiln.llb.v1.BuildOp"> & {
  * Use `create(BuildOpSchema)` to create a new message.
  */
 export const BuildOpSchema: GenMessage<BuildOp> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 27);
+  messageDesc(file_kiln_llb_v1_llb, 28);
 
 /**
  * Data about an op that does not change its identity.
@@ -1103,7 +1148,7 @@ export type OpMetadata = Message<"kiln.llb.v1.OpMetadata"> & {
  * Use `create(OpMetadataSchema)` to create a new message.
  */
 export const OpMetadataSchema: GenMessage<OpMetadata> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 28);
+  messageDesc(file_kiln_llb_v1_llb, 29);
 
 /**
  * Groups vertices in progress output.
@@ -1134,7 +1179,7 @@ export type ProgressGroup = Message<"kiln.llb.v1.ProgressGroup"> & {
  * Use `create(ProgressGroupSchema)` to create a new message.
  */
 export const ProgressGroupSchema: GenMessage<ProgressGroup> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 29);
+  messageDesc(file_kiln_llb_v1_llb, 30);
 
 /**
  * @generated from message kiln.llb.v1.Source
@@ -1158,7 +1203,7 @@ export type Source = Message<"kiln.llb.v1.Source"> & {
  * Use `create(SourceSchema)` to create a new message.
  */
 export const SourceSchema: GenMessage<Source> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 30);
+  messageDesc(file_kiln_llb_v1_llb, 31);
 
 /**
  * @generated from message kiln.llb.v1.Locations
@@ -1175,7 +1220,7 @@ export type Locations = Message<"kiln.llb.v1.Locations"> & {
  * Use `create(LocationsSchema)` to create a new message.
  */
 export const LocationsSchema: GenMessage<Locations> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 31);
+  messageDesc(file_kiln_llb_v1_llb, 32);
 
 /**
  * @generated from message kiln.llb.v1.Location
@@ -1199,7 +1244,7 @@ export type Location = Message<"kiln.llb.v1.Location"> & {
  * Use `create(LocationSchema)` to create a new message.
  */
 export const LocationSchema: GenMessage<Location> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 32);
+  messageDesc(file_kiln_llb_v1_llb, 33);
 
 /**
  * @generated from message kiln.llb.v1.SourceInfo
@@ -1228,7 +1273,7 @@ export type SourceInfo = Message<"kiln.llb.v1.SourceInfo"> & {
  * Use `create(SourceInfoSchema)` to create a new message.
  */
 export const SourceInfoSchema: GenMessage<SourceInfo> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 33);
+  messageDesc(file_kiln_llb_v1_llb, 34);
 
 /**
  * @generated from message kiln.llb.v1.Range
@@ -1250,7 +1295,7 @@ export type Range = Message<"kiln.llb.v1.Range"> & {
  * Use `create(RangeSchema)` to create a new message.
  */
 export const RangeSchema: GenMessage<Range> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 34);
+  messageDesc(file_kiln_llb_v1_llb, 35);
 
 /**
  * @generated from message kiln.llb.v1.Position
@@ -1276,7 +1321,7 @@ export type Position = Message<"kiln.llb.v1.Position"> & {
  * Use `create(PositionSchema)` to create a new message.
  */
 export const PositionSchema: GenMessage<Position> = /*@__PURE__*/
-  messageDesc(file_kiln_llb_v1_llb, 35);
+  messageDesc(file_kiln_llb_v1_llb, 36);
 
 /**
  * @generated from enum kiln.llb.v1.NetworkMode
