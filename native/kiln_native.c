@@ -19,6 +19,13 @@
  *   lutimensat(path, atimeSec, atimeNsec, mtimeSec, mtimeNsec)
  *       utimensat(2) with AT_SYMLINK_NOFOLLOW: nanosecond times, which
  *       fs.lutimes cannot carry exactly (it takes seconds as a double).
+ *   readdirStat(dir) -> Buffer
+ *       one directory's entries, sorted in JavaScript string order, each
+ *       with its lstat data and symlink target, packed in one Buffer:
+ *       open(O_DIRECTORY|O_NOFOLLOW), getdents64, fstatat(AT_SYMLINK_NOFOLLOW)
+ *       and readlinkat relative to the directory's descriptor (no path
+ *       resolution per entry, no Stats object per entry). Layout: see
+ *       READDIR_* below and src/core/native/readdir.ts, which decodes it.
  *
  * All calls are synchronous: each is a single short system call. Errors are
  * thrown as Error objects with `code` (e.g. "ENOENT"), `errno` and `syscall`.
@@ -461,6 +468,273 @@ static napi_value js_flock(napi_env env, napi_callback_info info) {
   return ret;
 }
 
+
+/* ---------------------------------------------------------------- readdirStat
+ * Buffer layout (little-endian, every record 8-byte aligned):
+ *   header: u32 count, u32 version (1)
+ *   record: f64 size, f64 mtimeSec, f64 ctimeSec, f64 ino, f64 dev, f64 rdev,
+ *           u32 mode, u32 uid, u32 gid, u32 mtimeNsec, u32 ctimeNsec,
+ *           u32 nameLen, u32 linkLen, u32 flags,
+ *           name bytes, link target bytes, zero padding to 8.
+ * flags: READDIR_F_GONE (the entry vanished between getdents and fstatat),
+ *        READDIR_F_NOT_UTF8 (the name is not valid UTF-8: a JavaScript string
+ *        cannot name it), READDIR_F_ASCII (the name is plain ASCII),
+ *        READDIR_F_JSON_PLAIN (JSON.stringify of the name is the name in
+ *        quotes: no control character, quote or backslash).
+ * Names are sorted by UTF-16 code units, as Array.prototype.sort orders the
+ * strings they decode to: UTF-8 byte order, except that lead bytes of
+ * U+E000..U+FFFF (0xEE, 0xEF) sort after those of supplementary characters
+ * (0xF0..0xF4, surrogate pairs in UTF-16).
+ */
+#define READDIR_HEADER 8
+#define READDIR_FIXED 80
+#define READDIR_F_GONE 1u
+#define READDIR_F_NOT_UTF8 2u
+#define READDIR_F_ASCII 4u
+#define READDIR_F_JSON_PLAIN 8u
+
+struct rd_name {
+  size_t off; /* into the name arena */
+  size_t len;
+};
+
+static int utf16_rank(unsigned char b) {
+  if (b < 0xEE) return b;
+  if (b >= 0xF0) return b - 2; /* 0xEE..0xFD */
+  return b + 0x10;             /* 0xEE, 0xEF -> 0xFE, 0xFF */
+}
+
+/* qsort_r comparator; ctx is the name arena (no global: worker threads may list at once). */
+static int rd_cmp(const void *a, const void *b, void *ctx) {
+  const struct rd_name *x = a, *y = b;
+  const unsigned char *arena = ctx;
+  const unsigned char *p = arena + x->off, *q = arena + y->off;
+  size_t n = x->len < y->len ? x->len : y->len;
+  for (size_t i = 0; i < n; i++)
+    if (p[i] != q[i]) return utf16_rank(p[i]) - utf16_rank(q[i]);
+  return x->len < y->len ? -1 : x->len > y->len ? 1 : 0;
+}
+
+/* 1 if s[0..n) is valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
+static int valid_utf8(const unsigned char *s, size_t n, int *ascii) {
+  *ascii = 1;
+  for (size_t i = 0; i < n;) {
+    unsigned char c = s[i];
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    *ascii = 0;
+    size_t len;
+    unsigned cp;
+    if (c >= 0xC2 && c <= 0xDF) len = 2, cp = c & 0x1F;
+    else if (c >= 0xE0 && c <= 0xEF) len = 3, cp = c & 0x0F;
+    else if (c >= 0xF0 && c <= 0xF4) len = 4, cp = c & 0x07;
+    else return 0;
+    if (i + len > n) return 0;
+    for (size_t k = 1; k < len; k++) {
+      if ((s[i + k] & 0xC0) != 0x80) return 0;
+      cp = (cp << 6) | (s[i + k] & 0x3F);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (len == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
+      return 0;
+    i += len;
+  }
+  return 1;
+}
+
+struct rd_out {
+  unsigned char *buf;
+  size_t len, cap;
+};
+
+static int out_reserve(struct rd_out *o, size_t more) {
+  if (o->len + more <= o->cap) return 1;
+  size_t cap = o->cap ? o->cap : 16384;
+  while (cap < o->len + more) cap *= 2;
+  unsigned char *nb = realloc(o->buf, cap);
+  if (!nb) return 0;
+  o->buf = nb;
+  o->cap = cap;
+  return 1;
+}
+
+struct linux_dirent64_k {
+  uint64_t d_ino;
+  int64_t d_off;
+  unsigned short d_reclen;
+  unsigned char d_type;
+  char d_name[];
+};
+
+/* Error path: "<dir>/<name>" for messages. */
+static void join_path(char *dst, size_t cap, const char *dir, const char *name) {
+  snprintf(dst, cap, "%s%s%s", dir, dir[0] && dir[strlen(dir) - 1] == '/' ? "" : "/", name);
+}
+
+static napi_value js_readdir_stat(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char *dir = NULL;
+  if (argc < 1 || !get_str(env, argv[0], &dir, 0)) return throw_type(env, "readdirStat(dir)");
+  napi_value ret = NULL;
+  int fd = -1;
+  char *arena = NULL, *link = NULL;
+  size_t arena_len = 0, arena_cap = 0, nnames = 0, names_cap = 0;
+  struct rd_name *names = NULL;
+  struct rd_out out = {0};
+  char ebuf[4352];
+  char dents[32768];
+
+  fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    throw_errno(env, errno, "open", dir);
+    goto done;
+  }
+  for (;;) {
+    long n = syscall(SYS_getdents64, fd, dents, sizeof dents);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw_errno(env, errno, "getdents64", dir);
+      goto done;
+    }
+    if (n == 0) break;
+    for (long pos = 0; pos < n;) {
+      struct linux_dirent64_k *d = (struct linux_dirent64_k *)(dents + pos);
+      pos += d->d_reclen;
+      const char *nm = d->d_name;
+      if (nm[0] == '.' && (nm[1] == 0 || (nm[1] == '.' && nm[2] == 0))) continue;
+      size_t l = strlen(nm);
+      if (arena_len + l + 1 > arena_cap) {
+        size_t cap = arena_cap ? arena_cap * 2 : 8192;
+        while (cap < arena_len + l + 1) cap *= 2;
+        char *na = realloc(arena, cap);
+        if (!na) {
+          throw_errno(env, ENOMEM, "readdirStat", dir);
+          goto done;
+        }
+        arena = na;
+        arena_cap = cap;
+      }
+      if (nnames == names_cap) {
+        size_t cap = names_cap ? names_cap * 2 : 256;
+        struct rd_name *nn = realloc(names, cap * sizeof *names);
+        if (!nn) {
+          throw_errno(env, ENOMEM, "readdirStat", dir);
+          goto done;
+        }
+        names = nn;
+        names_cap = cap;
+      }
+      memcpy(arena + arena_len, nm, l + 1);
+      names[nnames].off = arena_len;
+      names[nnames].len = l;
+      nnames++;
+      arena_len += l + 1;
+    }
+  }
+  if (nnames > 1) qsort_r(names, nnames, sizeof *names, rd_cmp, arena);
+
+  if (!out_reserve(&out, READDIR_HEADER)) {
+    throw_errno(env, ENOMEM, "readdirStat", dir);
+    goto done;
+  }
+  uint32_t hdr[2] = {(uint32_t)nnames, 1};
+  memcpy(out.buf, hdr, sizeof hdr);
+  out.len = READDIR_HEADER;
+  size_t link_cap = 0;
+  for (size_t i = 0; i < nnames; i++) {
+    const char *nm = arena + names[i].off;
+    size_t nlen = names[i].len;
+    struct stat st;
+    uint32_t flags = 0;
+    int ascii = 0;
+    if (!valid_utf8((const unsigned char *)nm, nlen, &ascii)) flags |= READDIR_F_NOT_UTF8;
+    if (ascii) flags |= READDIR_F_ASCII;
+    int plain = 1;
+    for (size_t k = 0; k < nlen && plain; k++) {
+      unsigned char ch = (unsigned char)nm[k];
+      if (ch < 0x20 || ch == '"' || ch == '\\') plain = 0;
+    }
+    if (plain) flags |= READDIR_F_JSON_PLAIN;
+    size_t llen = 0;
+    memset(&st, 0, sizeof st);
+    if (fstatat(fd, nm, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      if (errno != ENOENT && errno != ENOTDIR) {
+        join_path(ebuf, sizeof ebuf, dir, nm);
+        throw_errno(env, errno, "lstat", ebuf);
+        goto done;
+      }
+      flags |= READDIR_F_GONE;
+    } else if (S_ISLNK(st.st_mode)) {
+      for (;;) {
+        size_t want = (size_t)st.st_size + 1 > link_cap ? (size_t)st.st_size + 1 : link_cap;
+        if (want < 256) want = 256;
+        if (want > link_cap) {
+          char *nl = realloc(link, want);
+          if (!nl) {
+            throw_errno(env, ENOMEM, "readdirStat", dir);
+            goto done;
+          }
+          link = nl;
+          link_cap = want;
+        }
+        ssize_t r = readlinkat(fd, nm, link, link_cap);
+        if (r < 0) {
+          if (errno == ENOENT || errno == EINVAL) { /* gone, or replaced by a non-link */
+            flags |= READDIR_F_GONE;
+            break;
+          }
+          join_path(ebuf, sizeof ebuf, dir, nm);
+          throw_errno(env, errno, "readlink", ebuf);
+          goto done;
+        }
+        if ((size_t)r < link_cap) {
+          llen = (size_t)r;
+          break;
+        }
+        link_cap *= 2;
+        char *nl = realloc(link, link_cap);
+        if (!nl) {
+          throw_errno(env, ENOMEM, "readdirStat", dir);
+          goto done;
+        }
+        link = nl;
+      }
+    }
+    size_t rec = (READDIR_FIXED + nlen + llen + 7) & ~(size_t)7;
+    if (!out_reserve(&out, rec)) {
+      throw_errno(env, ENOMEM, "readdirStat", dir);
+      goto done;
+    }
+    unsigned char *r = out.buf + out.len;
+    double f[6] = {(double)st.st_size, (double)st.st_mtim.tv_sec, (double)st.st_ctim.tv_sec,
+                   (double)st.st_ino,  (double)st.st_dev,         (double)st.st_rdev};
+    uint32_t u[8] = {(uint32_t)st.st_mode,        (uint32_t)st.st_uid, (uint32_t)st.st_gid,
+                     (uint32_t)st.st_mtim.tv_nsec, (uint32_t)st.st_ctim.tv_nsec,
+                     (uint32_t)nlen,               (uint32_t)llen,      flags};
+    memcpy(r, f, sizeof f);
+    memcpy(r + 48, u, sizeof u);
+    memcpy(r + READDIR_FIXED, nm, nlen);
+    if (llen) memcpy(r + READDIR_FIXED + nlen, link, llen);
+    memset(r + READDIR_FIXED + nlen + llen, 0, rec - READDIR_FIXED - nlen - llen);
+    out.len += rec;
+  }
+  if (napi_create_buffer_copy(env, out.len, out.buf, NULL, &ret) != napi_ok) {
+    ret = NULL;
+    throw_errno(env, ENOMEM, "readdirStat", dir);
+  }
+done:
+  if (fd >= 0) close(fd);
+  free(out.buf);
+  free(names);
+  free(arena);
+  free(link);
+  free(dir);
+  return ret;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"mount", NULL, js_mount, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -473,6 +747,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"lremovexattr", NULL, js_lremovexattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"lutimensat", NULL, js_lutimensat, NULL, NULL, NULL, napi_enumerable, NULL},
       {"flock", NULL, js_flock, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"readdirStat", NULL, js_readdir_stat, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

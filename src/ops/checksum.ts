@@ -10,28 +10,49 @@
  * path contributes a "missing" marker (so it appearing later changes the sum).
  *
  * File contents are hashed through an optional `FileHashCache` keyed by
- * host path + size + mtime + ctime + inode (unchanged files are not re-read).
+ * host path and stamp: size, mtime and ctime (nanoseconds), inode
+ * (unchanged files are not re-read). Directories are listed with their
+ * entries' lstat data in one native call each (core/native/readdir.ts).
+ * The lines hashed, one per entry in name order (UTF-16 order, as
+ * `Array.prototype.sort`), are `dir|file|link|special <JSON rel path>
+ * <octal st_mode> <uid>:<gid>` followed by the content sha256 (file), the
+ * JSON link target (link) or the device number (special); `missing <JSON
+ * path>` for a selected path that does not exist or an entry that vanished
+ * during the walk (or whose name is not UTF-8).
  *
  * `ContentChecksums.forResult(result, selector)`: mounts the result's
  * committed snapshot read-only and checksums it; memoized by snapshot name +
  * selector, since committed snapshots never change.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, lstatSync, readdirSync, readFileSync, readlinkSync, type Stats } from 'node:fs';
+import { type BigIntStats, createReadStream, lstatSync, readFileSync, readlinkSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Digest } from '../core/digest.ts';
 import { isErrno } from '../core/errors.ts';
 import type { Core } from '../core/metadata/index.ts';
+import { ASCII, FIXED, GONE, JSON_PLAIN, NOT_UTF8, readDirStat } from '../core/native/readdir.ts';
 import type { Result } from '../solver/types.ts';
 import { lstatMaybe, resolveInRoot } from './fsutil.ts';
 import { hasGlob, matchGlob, type PatternMatcher } from './patterns.ts';
 import { OpSession, snapshotOf } from './refs.ts';
 
-/** Hashes of file contents, keyed by what identifies an unchanged file. */
+/** What identifies an unchanged regular file: size, exact mtime and ctime, inode. */
+export interface FileStamp {
+  size: number;
+  mtimeSec: number;
+  mtimeNsec: number;
+  ctimeSec: number;
+  ctimeNsec: number;
+  ino: number;
+}
+
+/** Hashes of file contents (hex sha256), by host path and stamp. */
 export interface FileHashCache {
-  get(key: string): string | undefined;
-  set(key: string, value: string): void;
+  /** The hash recorded for `file` if it was recorded with an equal stamp. */
+  get(file: string, stamp: Readonly<FileStamp>): string | undefined;
+  /** Records a hash. `stamp` is an object the walk reuses: copy its fields, do not keep it. */
+  set(file: string, stamp: Readonly<FileStamp>, hash: string): void;
 }
 
 /** Files up to this size are hashed from one synchronous read (a stream costs more than the read). */
@@ -56,24 +77,17 @@ export interface WalkOptions {
   descend?: (rel: string) => boolean;
 }
 
-/**
- * lstat that answers undefined for a missing path (synchronous: see `walk`).
- * Number stats, not BigInt ones: a BigIntStats allocates a dozen BigInts,
- * which on a 20,000-file walk costs more in garbage collection than the
- * syscalls. Times lose nanoseconds (a double holds epoch milliseconds to a
- * quarter of a microsecond), finer than the filesystems' own timestamp
- * granularity; inode numbers above 2^53 would lose precision.
- */
-function lstatSyncMaybe(p: string): Stats | undefined {
+/** lstat of a walked top path (exact times), undefined when it is missing. */
+function lstatTop(p: string): BigIntStats | undefined {
   try {
-    return lstatSync(p, { throwIfNoEntry: false });
+    return lstatSync(p, { bigint: true, throwIfNoEntry: false });
   } catch (err) {
     if (isErrno(err, 'ENOTDIR')) return undefined;
     throw err;
   }
 }
 
-/** Entries stat'ed between two yields to the event loop. */
+/** Entries visited between two yields to the event loop. */
 const YIELD_EVERY = 512;
 
 /**
@@ -103,23 +117,44 @@ class LineDigest {
   }
 }
 
-/** Child path of a walked directory (readdir names hold no '/'; cheaper than path.join). */
-function childOf(dir: string, name: string): string {
-  return dir.endsWith('/') ? dir + name : `${dir}/${name}`;
+interface WalkState {
+  /** Entries visited since the last yield. */
+  since: number;
+  /** The walk's reused stamp (see FileHashCache.set). */
+  stamp: FileStamp;
+  /** The last `<mode octal> <uid>:<gid>` text and what it was made of (most entries repeat it). */
+  metaMode: number;
+  metaUid: number;
+  metaGid: number;
+  meta: string;
 }
 
-interface WalkState {
-  /** Entries stat'ed since the last yield. */
-  since: number;
+function metaOf(state: WalkState, mode: number, uid: number, gid: number): string {
+  if (mode !== state.metaMode || uid !== state.metaUid || gid !== state.metaGid) {
+    state.metaMode = mode;
+    state.metaUid = uid;
+    state.metaGid = gid;
+    state.meta = `${mode.toString(8)} ${uid}:${gid}`;
+  }
+  return state.meta;
+}
+
+/** Reads and hashes a file whose hash is not cached, and records it. */
+async function hashMiss(host: string, opts: WalkOptions, stamp: Readonly<FileStamp>): Promise<string> {
+  const saved: FileStamp = { ...stamp };
+  const hash = await hashFile(host, opts.signal, saved.size);
+  opts.cache?.set(host, saved, hash);
+  return hash;
 }
 
 /**
- * Feeds one entry and everything below it into `out`. Directory listings
- * and lstat calls are synchronous: on a large tree of unchanged files the
- * walk is nothing but metadata calls, and a synchronous lstat costs a few
- * microseconds where an awaited one costs a thread-pool round trip (tens of
- * microseconds, serialised). The walk yields to the event loop every
- * YIELD_EVERY entries so other work (and abort signals) keep running.
+ * Feeds the walked top path and everything below it into `out`. The top is
+ * lstat'ed by Node; directories are listed by the addon's `readdirStat`
+ * (one native call per directory gives every entry's lstat data, see
+ * core/native/readdir.ts), so a tree of unchanged files costs no Stats
+ * object and no syscall through the thread pool per file. The walk yields to
+ * the event loop every YIELD_EVERY entries so other work (and abort
+ * signals) keep running.
  */
 async function walk(
   host: string,
@@ -129,54 +164,41 @@ async function walk(
   state: WalkState,
 ): Promise<void> {
   opts.signal?.throwIfAborted();
-  const st = lstatSyncMaybe(host);
+  const st = lstatTop(host);
   if (!st) {
     out.push(`missing ${JSON.stringify(rel)}`);
     return;
   }
-  await visit(host, rel, st, out, opts, state);
+  const isDir = st.isDirectory();
+  const selected = rel === '' || !opts.filter || opts.filter(rel, isDir);
+  if (!selected && !(isDir && opts.descend?.(rel))) return;
+  const meta = metaOf(state, Number(st.mode), Number(st.uid), Number(st.gid));
+  const quoted = JSON.stringify(rel);
+  if (isDir) {
+    if (selected) out.push(`dir ${quoted} ${meta}`);
+    await walkDir(host, rel, out, opts, state);
+  } else if (st.isSymbolicLink()) {
+    out.push(`link ${quoted} ${meta} ${JSON.stringify(readlinkSync(host))}`);
+  } else if (st.isFile()) {
+    const s = state.stamp;
+    s.size = Number(st.size);
+    s.mtimeSec = Number(st.mtimeNs / 1_000_000_000n);
+    s.mtimeNsec = Number(st.mtimeNs % 1_000_000_000n);
+    s.ctimeSec = Number(st.ctimeNs / 1_000_000_000n);
+    s.ctimeNsec = Number(st.ctimeNs % 1_000_000_000n);
+    s.ino = Number(st.ino);
+    out.push(`file ${quoted} ${meta} ${opts.cache?.get(host, s) ?? (await hashMiss(host, opts, s))}`);
+  } else {
+    out.push(`special ${quoted} ${meta} ${st.rdev}`);
+  }
 }
 
 /**
- * Feeds one lstat'ed entry and everything below it into `out`. Returns a
- * promise only when it has to wait (a directory, a file to hash): the
- * common case, a file whose hash is cached, costs no promise.
+ * The entries of a directory, in name order, and everything below them.
+ * Fields are read from the listing's raw arrays inline (see
+ * `DirListing.raw`): on a fresh process this loop runs cold, where every
+ * accessor call would cost as much as the work.
  */
-function visit(
-  host: string,
-  rel: string,
-  st: Stats,
-  out: LineDigest,
-  opts: WalkOptions,
-  state: WalkState,
-): Promise<void> | undefined {
-  const isDir = st.isDirectory();
-  const selected = rel === '' || !opts.filter || opts.filter(rel, isDir);
-  if (!selected && !(isDir && opts.descend?.(rel))) return undefined;
-  const meta = `${st.mode.toString(8)} ${st.uid}:${st.gid}`;
-  if (isDir) {
-    if (selected) out.push(`dir ${JSON.stringify(rel)} ${meta}`);
-    return walkDir(host, rel, out, opts, state);
-  }
-  if (st.isSymbolicLink()) {
-    out.push(`link ${JSON.stringify(rel)} ${meta} ${JSON.stringify(readlinkSync(host))}`);
-  } else if (st.isFile()) {
-    const key = `${host}\0${st.size}\0${st.mtimeMs}\0${st.ctimeMs}\0${st.ino}`;
-    const h = opts.cache?.get(key);
-    if (h === undefined) {
-      return hashFile(host, opts.signal, st.size).then((hash) => {
-        opts.cache?.set(key, hash);
-        out.push(`file ${JSON.stringify(rel)} ${meta} ${hash}`);
-      });
-    }
-    out.push(`file ${JSON.stringify(rel)} ${meta} ${h}`);
-  } else {
-    out.push(`special ${JSON.stringify(rel)} ${meta} ${st.rdev}`);
-  }
-  return undefined;
-}
-
-/** The entries of a directory, in name order. */
 async function walkDir(
   host: string,
   rel: string,
@@ -184,23 +206,91 @@ async function walkDir(
   opts: WalkOptions,
   state: WalkState,
 ): Promise<void> {
-  for (const name of readdirSync(host).sort()) {
+  const raw = readDirStat(host).raw;
+  const { f64, u32, off } = raw;
+  const buf = raw.buf as Buffer & RawSlices;
+  const n = off.length;
+  const { filter, descend } = opts;
+  const stamp = state.stamp;
+  const prefix = rel === '' ? '' : `${rel}/`;
+  // JSON.stringify(prefix + name) is this plus the name and a quote when the name needs no escape.
+  const quotedPrefix = JSON.stringify(prefix).slice(0, -1);
+  const hostPrefix = host.endsWith('/') ? host : `${host}/`;
+  const cache = opts.cache;
+  // This directory's lines since the last flush, each preceded by '\n'
+  // (one push per run of lines instead of one per line).
+  let text = '';
+  for (let i = 0; i < n; i++) {
     if (++state.since >= YIELD_EVERY) {
       state.since = 0;
       await new Promise<void>((resolve) => setImmediate(resolve));
+      opts.signal?.throwIfAborted();
     }
-    opts.signal?.throwIfAborted();
-    const child = childOf(host, name);
-    const childRel = rel === '' ? name : `${rel}/${name}`;
-    const st = lstatSyncMaybe(child);
-    if (!st) {
-      out.push(`missing ${JSON.stringify(childRel)}`); // removed since the listing
+    const o = off[i]!;
+    const u = (o >> 2) + 12;
+    const f = o >> 3;
+    const nameLen = u32[u + 5]!;
+    const flags = u32[u + 7]!;
+    const name =
+      flags & ASCII
+        ? buf.latin1Slice(o + FIXED, o + FIXED + nameLen)
+        : buf.utf8Slice(o + FIXED, o + FIXED + nameLen);
+    const childRel = prefix + name;
+    const quoted = flags & JSON_PLAIN ? `${quotedPrefix}${name}"` : JSON.stringify(childRel);
+    if (flags & (GONE | NOT_UTF8)) {
+      text += `\nmissing ${quoted}`; // removed since the listing, or not nameable
       continue;
     }
-    const p = visit(child, childRel, st, out, opts, state);
-    if (p) await p;
+    const mode = u32[u]!;
+    const type = mode & S_IFMT;
+    const isDir = type === S_IFDIR;
+    const selected = !filter || filter(childRel, isDir);
+    if (!selected && !(isDir && descend?.(childRel))) continue;
+    const uid = u32[u + 1]!;
+    const gid = u32[u + 2]!;
+    if (mode !== state.metaMode || uid !== state.metaUid || gid !== state.metaGid)
+      metaOf(state, mode, uid, gid);
+    const meta = state.meta;
+    if (type === S_IFREG) {
+      stamp.size = f64[f]!;
+      stamp.mtimeSec = f64[f + 1]!;
+      stamp.mtimeNsec = u32[u + 3]!;
+      stamp.ctimeSec = f64[f + 2]!;
+      stamp.ctimeNsec = u32[u + 4]!;
+      stamp.ino = f64[f + 3]!;
+      const file = hostPrefix + name;
+      const hash = cache?.get(file, stamp) ?? (await hashMiss(file, opts, stamp));
+      text += `\nfile ${quoted} ${meta} ${hash}`;
+    } else if (isDir) {
+      if (selected) text += `\ndir ${quoted} ${meta}`;
+      if (text !== '') out.push(text.slice(1));
+      text = '';
+      await walkDir(hostPrefix + name, childRel, out, opts, state);
+    } else if (type === S_IFLNK) {
+      const start = o + FIXED + nameLen;
+      const target = buf.utf8Slice(start, start + u32[u + 6]!);
+      text += `\nlink ${quoted} ${meta} ${JSON.stringify(target)}`;
+    } else {
+      text += `\nspecial ${quoted} ${meta} ${f64[f + 5]!}`;
+    }
   }
+  if (text !== '') out.push(text.slice(1));
 }
+
+/**
+ * Buffer's own decoders without toString's argument normalisation (a
+ * function call per name on cold code). Undocumented but present on every
+ * Node Buffer since v0.x (toString calls them).
+ */
+interface RawSlices {
+  latin1Slice(start: number, end: number): string;
+  utf8Slice(start: number, end: number): string;
+}
+
+const S_IFMT = 0o170000;
+const S_IFDIR = 0o040000;
+const S_IFREG = 0o100000;
+const S_IFLNK = 0o120000;
 
 /** Expands a container path with wildcards into the existing container paths it matches. */
 export async function expandGlob(root: string, pattern: string): Promise<string[]> {
@@ -242,7 +332,14 @@ export async function checksumTree(
   opts: WalkOptions = {},
 ): Promise<Digest> {
   const lines = new LineDigest();
-  const state: WalkState = { since: 0 };
+  const state: WalkState = {
+    since: 0,
+    stamp: { size: 0, mtimeSec: 0, mtimeNsec: 0, ctimeSec: 0, ctimeNsec: 0, ino: 0 },
+    metaMode: -1,
+    metaUid: -1,
+    metaGid: -1,
+    meta: '',
+  };
   for (const sel of parseSelector(selector)) {
     const paths = hasGlob(sel) ? await expandGlob(root, sel) : [sel];
     lines.push(`select ${JSON.stringify(sel)} ${paths.length}`);
@@ -259,6 +356,7 @@ export function patternFilter(
   include: PatternMatcher,
   exclude: PatternMatcher,
 ): { filter: (rel: string, isDir: boolean) => boolean; descend: (rel: string) => boolean } {
+  if (include.empty && exclude.empty) return { filter: () => true, descend: () => true };
   return {
     filter: (rel) => rel === '' || ((include.empty || include.matches(rel)) && !exclude.matches(rel)),
     descend: (rel) => {

@@ -1,47 +1,74 @@
 /**
  * The persistent file hash cache of local sources (one file per op state
- * directory, `<stateDir>/local-checksums.json`), a `FileHashCache` for
+ * directory, `<stateDir>/local-checksums.bin`), a `FileHashCache` for
  * `checksumTree`.
  *
- * Keys are the walk's `<host path>\0<size>\0<mtime ns>\0<ctime ns>\0<inode>`.
- * Entries are stored per host path: `{ "v": 2, "files": { path: "<stamp>\0<hash>" } }`,
- * so a changed file replaces its entry instead of adding one (the file stays
- * as large as the set of paths seen, not the set of versions). A key whose
- * stamp differs from the recorded one is a miss.
+ * One entry per host path: the file's stamp (size, mtime and ctime in
+ * seconds + nanoseconds, inode) and the sha256 of its content. A lookup
+ * whose stamp differs from the recorded one is a miss; a changed file
+ * replaces its entry (the file stays as large as the set of paths seen, not
+ * the set of versions).
  *
- * Costs, for a 20,000-file context: one JSON parse on first use per process
- * (the parsed object is the lookup table, nothing is copied), one string
- * slice per lookup. `save()` writes (temp file, fsync, rename) only when an
- * entry was added or replaced since the last save; an unchanged tree never
- * rewrites the file. Entries of paths that disappeared stay until the file
- * holds more than MAX_ENTRIES paths; then only the paths used by this
- * process are kept.
+ * File format (binary, little-endian as the machine that wrote it; read
+ * back only on the same machine):
+ *   0   8  magic "KILNHC\x01\x00"
+ *   8   4  u32 entry count n
+ *   12  4  u32 CRC-32 of everything after the header
+ *   16  48n  f64 × 6 per entry: size, mtimeSec, mtimeNsec, ctimeSec, ctimeNsec, ino
+ *   ..  64n  hex sha256 per entry (ASCII)
+ *   ..       the n host paths, UTF-8, joined by NUL
+ * Loading is one read, one CRC, one copy of the stamp block and one decode
+ * of each text block. Entries are saved in the order they were last used,
+ * so the next walk of the same tree asks for them in file order: a lookup
+ * compares the path with the entry after the previous hit and six numbers;
+ * the Map of all paths is built only when that guess misses (a walk in
+ * another order, a new file). (The JSON format before it, local-checksums.json,
+ * cost a JSON parse and a string build per lookup; it is ignored and removed
+ * at the next save, so the first build after the change re-reads the files.)
+ *
+ * `save()` writes (temp file, fsync, rename) only when an entry was added or
+ * replaced since the last load or save; an unchanged tree never rewrites the
+ * file. Entries of paths that disappeared stay until the file holds more
+ * than MAX_ENTRIES paths; then only the paths used by this process are kept.
+ * A missing, truncated, corrupt (CRC) or foreign file starts an empty cache.
  *
  * Limits: one process owns a state directory (the CLI's root lock); two
  * processes saving at once keep the last writer's entries (a lost entry only
- * costs a re-read). A file in the old flat format (before v2) is ignored and
- * replaced at the next save.
+ * costs a re-read). Paths cannot hold NUL (no host path can).
  */
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { writeFileAtomic } from '../core/runtime/spec.ts';
-import type { FileHashCache } from './checksum.ts';
+import { crc32 } from 'node:zlib';
+import { wrap } from '../core/errors.ts';
+import type { FileHashCache, FileStamp } from './checksum.ts';
 
 /** Paths kept before unused ones are dropped at save. */
 export const MAX_ENTRIES = 200_000;
 
-interface FileV2 {
-  v: 2;
-  files: Record<string, string>;
-}
+const MAGIC = Buffer.from('KILNHC\x01\x00', 'latin1');
+const HEADER = 16;
+/** Numbers per entry in the stamp block. */
+const F = 6;
+const HEX = 64;
 
 export class PersistentHashCache implements FileHashCache {
   readonly file: string;
-  /** host path → `<stamp>\0<hash>` (keys are absolute paths: see `load`). */
-  #files: Record<string, string> = Object.create(null) as Record<string, string>;
-  #count = 0;
-  /** Paths looked up or set by this process (for pruning past MAX_ENTRIES). */
-  #touched: string[] = [];
+  /** host path → slot; built on the first lookup the cursor misses (see `#slotOf`). */
+  #index: Map<string, number> | undefined = new Map<string, number>();
+  #paths: string[] = [];
+  /** Hashes set since the load; a loaded slot's hash is sliced from `#hex` when first asked. */
+  #hashes: (string | undefined)[] = [];
+  /** The loaded hex block (64 characters per loaded slot). */
+  #hex = '';
+  /** The slot after the last one found: walks look files up in the order they were saved. */
+  #cursor = 0;
+  /** F numbers per slot (see the module comment). */
+  #stamps = new Float64Array(F * 256);
+  /** Slots looked up or set since the load or save (for pruning past MAX_ENTRIES), and their order. */
+  #used = new Uint8Array(256);
+  #order = new Int32Array(256);
+  #orderLen = 0;
   #dirty = false;
   /** Number of saves that wrote the file (for tests and benchmarks). */
   writes = 0;
@@ -50,82 +77,210 @@ export class PersistentHashCache implements FileHashCache {
     this.file = file;
   }
 
-  /** Loads the file; a missing, unreadable or old-format file starts an empty cache. */
+  /** Loads the file; a missing or unusable file starts an empty cache (see the module comment). */
   async load(): Promise<void> {
-    let text: string;
+    let buf: Buffer;
     try {
-      text = await fs.readFile(this.file, 'utf8');
+      buf = await fs.readFile(this.file);
     } catch {
       return;
     }
-    try {
-      const parsed = JSON.parse(text) as Partial<FileV2>;
-      if (parsed.v !== 2 || typeof parsed.files !== 'object' || parsed.files === null) {
-        this.#dirty = true; // replace the old format at the next save
-        return;
-      }
-      // Used as parsed (no copy): keys are absolute paths, so they never
-      // meet Object.prototype's property names.
-      this.#files = parsed.files;
-      this.#count = Object.keys(this.#files).length;
-    } catch {
-      this.#dirty = true; // corrupt: rewrite it
-    }
+    if (!this.#decode(buf)) this.#dirty = true; // replace it at the next save
+  }
+
+  #decode(buf: Buffer): boolean {
+    if (buf.length < HEADER || !buf.subarray(0, 8).equals(MAGIC)) return false;
+    const n = buf.readUInt32LE(8);
+    const stampEnd = HEADER + F * 8 * n;
+    const hexEnd = stampEnd + HEX * n;
+    if (hexEnd > buf.length || crc32(buf.subarray(HEADER)) !== buf.readUInt32LE(12)) return false;
+    const paths = n === 0 ? [] : buf.toString('utf8', hexEnd).split('\0');
+    if (paths.length !== n) return false;
+    const stamps = new Float64Array(Math.max(F * 256, F * n));
+    new Uint8Array(stamps.buffer).set(buf.subarray(HEADER, stampEnd));
+    this.#hex = buf.toString('latin1', stampEnd, hexEnd);
+    this.#index = undefined;
+    this.#paths = paths;
+    this.#hashes = new Array<string | undefined>(n);
+    this.#stamps = stamps;
+    this.#used = new Uint8Array(Math.max(256, n));
+    this.#orderLen = 0;
+    this.#cursor = 0;
+    return true;
   }
 
   get size(): number {
-    return this.#count;
+    return this.#paths.length;
   }
 
-  get(key: string): string | undefined {
-    const cut = key.indexOf('\0');
-    const file = key.slice(0, cut);
-    const rec = this.#files[file];
-    if (rec === undefined) return undefined;
-    this.#touch(file);
-    // rec = stamp + '\0' + 64 hex; the key's stamp is key.slice(cut + 1).
-    const stampLen = key.length - cut - 1;
-    if (rec.length !== stampLen + 65 || !key.endsWith(rec.slice(0, stampLen))) return undefined;
-    return rec.slice(stampLen + 1);
+  /**
+   * The slot of a path. A walk asks in the order the file was saved in (see
+   * `save`), so the slot after the previous hit is tried first; the Map of
+   * all paths is built only when that guess misses.
+   */
+  #slotOf(file: string): number | undefined {
+    const c = this.#cursor;
+    if (c < this.#paths.length && this.#paths[c] === file) {
+      this.#cursor = c + 1;
+      return c;
+    }
+    // A new walk of the same tree starts over at the first slot.
+    if (this.#paths.length > 0 && this.#paths[0] === file) {
+      this.#cursor = 1;
+      return 0;
+    }
+    const slot = this.#indexOrBuild().get(file);
+    if (slot !== undefined) this.#cursor = slot + 1;
+    return slot;
   }
 
-  set(key: string, hash: string): void {
-    const cut = key.indexOf('\0');
-    const file = key.slice(0, cut);
-    if (this.#files[file] === undefined) this.#count++;
-    this.#files[file] = `${key.slice(cut + 1)}\0${hash}`;
-    this.#touch(file);
+  /** Number of times the path index was built (for tests and benchmarks). */
+  indexBuilds = 0;
+
+  #indexOrBuild(): Map<string, number> {
+    if (!this.#index) {
+      this.indexBuilds++;
+      const index = new Map<string, number>();
+      for (let i = 0; i < this.#paths.length; i++) index.set(this.#paths[i]!, i);
+      this.#index = index;
+    }
+    return this.#index;
+  }
+
+  get(file: string, st: Readonly<FileStamp>): string | undefined {
+    // The cursor's guess inline (this runs once per file of every walk, often on cold code).
+    let slot: number | undefined = this.#cursor;
+    if (slot < this.#paths.length && this.#paths[slot] === file) this.#cursor = slot + 1;
+    else slot = this.#slotOf(file);
+    if (slot === undefined) return undefined;
+    if (!this.#used[slot]) this.#use(slot);
+    const s = this.#stamps;
+    const o = slot * F;
+    if (
+      s[o] !== st.size ||
+      s[o + 1] !== st.mtimeSec ||
+      s[o + 2] !== st.mtimeNsec ||
+      s[o + 3] !== st.ctimeSec ||
+      s[o + 4] !== st.ctimeNsec ||
+      s[o + 5] !== st.ino
+    )
+      return undefined;
+    return this.#hashes[slot] ?? this.#hex.slice(slot * HEX, (slot + 1) * HEX);
+  }
+
+  set(file: string, st: Readonly<FileStamp>, hash: string): void {
+    if (hash.length !== HEX) throw new Error(`hash cache: "${hash}" is not a hex sha256`);
+    const index = this.#indexOrBuild();
+    let slot = index.get(file);
+    if (slot === undefined) {
+      slot = this.#paths.length;
+      if (F * (slot + 1) > this.#stamps.length) {
+        const grown = new Float64Array(this.#stamps.length * 2);
+        grown.set(this.#stamps);
+        this.#stamps = grown;
+        const used = new Uint8Array(this.#used.length * 2);
+        used.set(this.#used);
+        this.#used = used;
+      }
+      this.#paths.push(file);
+      this.#hashes.push(hash);
+      index.set(file, slot);
+    } else this.#hashes[slot] = hash;
+    const o = slot * F;
+    const s = this.#stamps;
+    s[o] = st.size;
+    s[o + 1] = st.mtimeSec;
+    s[o + 2] = st.mtimeNsec;
+    s[o + 3] = st.ctimeSec;
+    s[o + 4] = st.ctimeNsec;
+    s[o + 5] = st.ino;
+    this.#use(slot);
     this.#dirty = true;
   }
 
-  #touch(file: string): void {
-    this.#touched.push(file);
-    // A long-lived process re-walking unchanged trees never saves: keep the list bounded.
-    if (this.#touched.length > 4 * MAX_ENTRIES) this.#touched = [...new Set(this.#touched)];
+  /** Marks a slot used, remembering the order of first use (the order `save` writes). */
+  #use(slot: number): void {
+    if (this.#used[slot]) return;
+    this.#used[slot] = 1;
+    if (this.#order.length === this.#orderLen) {
+      const grown = new Int32Array(Math.max(256, this.#order.length * 2));
+      grown.set(this.#order);
+      this.#order = grown;
+    }
+    this.#order[this.#orderLen++] = slot;
+  }
+
+  /**
+   * Lays the slots out in the order this process first used them (the next
+   * walk of the same tree then finds each file at the cursor), followed by
+   * the unused ones unless `dropUnused` (past MAX_ENTRIES).
+   */
+  #reorder(dropUnused: boolean): void {
+    const order = Array.from(this.#order.subarray(0, this.#orderLen));
+    if (!dropUnused) for (let i = 0; i < this.#paths.length; i++) if (!this.#used[i]) order.push(i);
+    const n = order.length;
+    const paths = new Array<string>(n);
+    const hashes = new Array<string>(n);
+    const stamps = new Float64Array(Math.max(F * 256, F * n));
+    for (let j = 0; j < n; j++) {
+      const i = order[j]!;
+      paths[j] = this.#paths[i]!;
+      hashes[j] = this.#hashes[i] ?? this.#hex.slice(i * HEX, (i + 1) * HEX);
+      stamps.set(this.#stamps.subarray(i * F, (i + 1) * F), j * F);
+    }
+    this.#paths = paths;
+    this.#hashes = hashes;
+    this.#hex = '';
+    this.#stamps = stamps;
+    this.#index = undefined;
+    this.#cursor = 0;
+    this.#used = new Uint8Array(Math.max(256, n));
+    this.#orderLen = 0;
+  }
+
+  #encode(): Buffer {
+    const n = this.#paths.length;
+    const joined = this.#paths.join('\0');
+    const stampEnd = HEADER + F * 8 * n;
+    const hexEnd = stampEnd + HEX * n;
+    const buf = Buffer.alloc(hexEnd + Buffer.byteLength(joined));
+    MAGIC.copy(buf, 0);
+    buf.writeUInt32LE(n, 8);
+    buf.set(new Uint8Array(this.#stamps.buffer, 0, F * 8 * n), HEADER);
+    buf.write(this.#hashes.join(''), stampEnd, 'latin1');
+    buf.write(joined, hexEnd, 'utf8');
+    buf.writeUInt32LE(crc32(buf.subarray(HEADER)), 12);
+    return buf;
   }
 
   /** Writes the file if anything changed since the last load or save. */
   async save(): Promise<void> {
     if (!this.#dirty) return;
-    if (this.#count > MAX_ENTRIES) {
-      const keep = Object.create(null) as Record<string, string>;
-      let n = 0;
-      for (const f of new Set(this.#touched)) {
-        const rec = this.#files[f];
-        if (rec !== undefined) {
-          keep[f] = rec;
-          n++;
-        }
-      }
-      this.#files = keep;
-      this.#count = n;
-    }
-    this.#touched = [];
+    this.#reorder(this.#paths.length > MAX_ENTRIES);
     await fs.mkdir(path.dirname(this.file), { recursive: true });
-    const body: FileV2 = { v: 2, files: this.#files };
-    await writeFileAtomic(this.file, JSON.stringify(body));
+    await writeAtomic(this.file, this.#encode());
+    // The JSON file of the format before this one (same directory) is dead weight.
+    await fs.rm(path.join(path.dirname(this.file), 'local-checksums.json'), { force: true });
     this.#dirty = false;
     this.writes++;
+  }
+}
+
+/** Temp file in the same directory, fsync, rename. */
+async function writeAtomic(file: string, data: Buffer): Promise<void> {
+  const tmp = `${file}.tmp-${randomBytes(6).toString('hex')}`;
+  try {
+    const fh = await fs.open(tmp, 'wx', 0o600);
+    try {
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fs.rename(tmp, file);
+  } catch (err) {
+    await fs.rm(tmp, { force: true });
+    throw wrap(err, `write the hash cache "${file}"`);
   }
 }
 
@@ -133,7 +288,7 @@ const caches = new Map<string, Promise<PersistentHashCache>>();
 
 /** The process-wide cache of a state directory, loaded once. */
 export function hashCacheFor(stateDir: string): Promise<PersistentHashCache> {
-  const file = path.join(stateDir, 'local-checksums.json');
+  const file = path.join(stateDir, 'local-checksums.bin');
   let p = caches.get(file);
   if (!p) {
     const c = new PersistentHashCache(file);

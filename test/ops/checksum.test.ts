@@ -8,7 +8,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { checksumTree, type FileHashCache } from '../../src/ops/checksum.ts';
+import { checksumTree, type FileHashCache, type FileStamp } from '../../src/ops/checksum.ts';
 import { resolveInRoot } from '../../src/ops/fsutil.ts';
 import { matchGlob, PatternMatcher } from '../../src/ops/patterns.ts';
 
@@ -84,11 +84,13 @@ test('the file hash cache spares re-reading unchanged files', async () => {
   for (let i = 0; i < 20; i++) await fs.writeFile(`${dir}/c/f${i}`, `content ${i}`);
   const map = new Map<string, string>();
   let computed = 0;
+  const key = (f: string, s: FileStamp): string =>
+    [f, s.size, s.mtimeSec, s.mtimeNsec, s.ctimeSec, s.ctimeNsec, s.ino].join('\0');
   const cache: FileHashCache = {
-    get: (k) => map.get(k),
-    set: (k, v) => {
+    get: (f, s) => map.get(key(f, s)),
+    set: (f, s, v) => {
       computed++;
-      map.set(k, v);
+      map.set(key(f, s), v);
     },
   };
   const first = await checksumTree(`${dir}/c`, '/', { cache });

@@ -1,6 +1,6 @@
 /**
  * The persistent file hash cache of local sources: stamps, one entry per
- * path, the file rewritten only when an entry changed, old formats replaced;
+ * path, the file rewritten only when an entry changed, corrupt or old files replaced;
  * and through the worker, an unchanged local context re-solved from the
  * cache without rewriting the file or copying anything.
  */
@@ -14,7 +14,7 @@ import { sha256 } from '../../src/core/digest.ts';
 import { type Core, openCore } from '../../src/core/metadata/index.ts';
 import { unmountAll } from '../../src/core/mount/mount.ts';
 import { copy, local, marshal, scratch } from '../../src/llb/index.ts';
-import { checksumTree } from '../../src/ops/checksum.ts';
+import { checksumTree, type FileStamp } from '../../src/ops/checksum.ts';
 import { hashCacheFor, PersistentHashCache } from '../../src/ops/hashcache.ts';
 import { OpSession, snapshotOf } from '../../src/ops/refs.ts';
 import type { ProgressEvent } from '../../src/solver/progress.ts';
@@ -32,69 +32,139 @@ after(async () => {
 const H1 = 'a'.repeat(64);
 const H2 = 'b'.repeat(64);
 
+function stamp(size: number, mtimeNsec: number, ctimeNsec: number, ino: number): FileStamp {
+  return { size, mtimeSec: 1_700_000_000, mtimeNsec, ctimeSec: 1_700_000_000, ctimeNsec, ino };
+}
+
 test('a lookup hits only with the recorded stamp; a new stamp replaces the entry', async () => {
-  const c = new PersistentHashCache(path.join(dir, 'stamps.json'));
+  const c = new PersistentHashCache(path.join(dir, 'stamps.bin'));
   await c.load();
-  assert.equal(c.get('/ctx/a\u00003\u00001.5\u00001.5\u000042'), undefined);
-  c.set('/ctx/a\u00003\u00001.5\u00001.5\u000042', H1);
-  assert.equal(c.get('/ctx/a\u00003\u00001.5\u00001.5\u000042'), H1);
-  assert.equal(c.get('/ctx/a\u00004\u00001.5\u00001.5\u000042'), undefined, 'size differs');
-  assert.equal(c.get('/ctx/a\u00003\u00001.5\u00002.5\u000042'), undefined, 'ctime differs');
-  assert.equal(c.get('/ctx/b\u00003\u00001.5\u00001.5\u000042'), undefined, 'another path');
-  c.set('/ctx/a\u00004\u00009\u00009\u000042', H2);
+  assert.equal(c.get('/ctx/a', stamp(3, 5, 5, 42)), undefined);
+  c.set('/ctx/a', stamp(3, 5, 5, 42), H1);
+  assert.equal(c.get('/ctx/a', stamp(3, 5, 5, 42)), H1);
+  assert.equal(c.get('/ctx/a', stamp(4, 5, 5, 42)), undefined, 'size differs');
+  assert.equal(c.get('/ctx/a', stamp(3, 6, 5, 42)), undefined, 'mtime differs by a nanosecond');
+  assert.equal(c.get('/ctx/a', stamp(3, 5, 6, 42)), undefined, 'ctime differs');
+  assert.equal(c.get('/ctx/a', stamp(3, 5, 5, 43)), undefined, 'inode differs');
+  assert.equal(c.get('/ctx/a', { ...stamp(3, 5, 5, 42), mtimeSec: 1 }), undefined, 'mtime seconds differ');
+  assert.equal(c.get('/ctx/b', stamp(3, 5, 5, 42)), undefined, 'another path');
+  const reused = stamp(4, 9, 9, 42);
+  c.set('/ctx/a', reused, H2);
+  reused.size = 99; // the walk reuses its stamp object: the cache copied the fields
   assert.equal(c.size, 1, 'one entry per path');
-  assert.equal(c.get('/ctx/a\u00004\u00009\u00009\u000042'), H2);
-  assert.equal(c.get('/ctx/a\u00003\u00001.5\u00001.5\u000042'), undefined, 'the old version is gone');
+  assert.equal(c.get('/ctx/a', stamp(4, 9, 9, 42)), H2);
+  assert.equal(c.get('/ctx/a', stamp(3, 5, 5, 42)), undefined, 'the old version is gone');
+  assert.throws(() => c.set('/ctx/c', stamp(1, 1, 1, 1), 'abc'), /not a hex sha256/);
 });
 
 test('save writes only when an entry changed; a reload sees the entries', async () => {
-  const file = path.join(dir, 'save', 'local-checksums.json');
+  const file = path.join(dir, 'save', 'local-checksums.bin');
   const c = new PersistentHashCache(file);
   await c.load();
   await c.save();
   assert.equal(c.writes, 0, 'nothing to write');
   await assert.rejects(fs.stat(file), /ENOENT/);
-  c.set('/x\u00001\u00002\u00003\u00004', H1);
+  // Many entries (the stamp block grows), multi-byte paths.
+  for (let i = 0; i < 1000; i++) c.set(`/x/fichier-é-${i}`, stamp(i, i, i + 1, 1000 + i), H1);
   await c.save();
   assert.equal(c.writes, 1);
   const st1 = await fs.stat(file, { bigint: true });
 
   const d = new PersistentHashCache(file);
   await d.load();
-  assert.equal(d.size, 1);
-  assert.equal(d.get('/x\u00001\u00002\u00003\u00004'), H1);
+  assert.equal(d.size, 1000);
+  for (let i = 0; i < 1000; i += 37)
+    assert.equal(d.get(`/x/fichier-é-${i}`, stamp(i, i, i + 1, 1000 + i)), H1);
+  assert.equal(d.get('/x/fichier-é-5', stamp(5, 5, 5, 1005)), undefined);
   await d.save();
   assert.equal(d.writes, 0, 'lookups alone do not rewrite the file');
   const st2 = await fs.stat(file, { bigint: true });
   assert.equal(st2.ino, st1.ino);
   assert.equal(st2.mtimeNs, st1.mtimeNs);
-  d.set('/x\u00001\u00002\u00003\u00004', H1.replace('a', 'c'));
+  d.set('/x/fichier-é-3', stamp(3, 3, 4, 1003), H2);
   await d.save();
   assert.equal(d.writes, 1);
   assert.notEqual((await fs.stat(file, { bigint: true })).ino, st1.ino, 'replaced by rename');
+  const e = new PersistentHashCache(file);
+  await e.load();
+  assert.equal(e.size, 1000);
+  assert.equal(e.get('/x/fichier-é-3', stamp(3, 3, 4, 1003)), H2);
 });
 
-test('an old-format or corrupt file is ignored and replaced at the next save', async () => {
-  for (const [name, text] of [
-    ['old.json', JSON.stringify({ '/x\u00001\u00002\u00003\u00004': H1 })],
-    ['corrupt.json', '{"v":2,"files":{'],
-  ] as const) {
-    const file = path.join(dir, name);
-    await fs.writeFile(file, text);
+test('lookups in any order after a reload: in saved order, out of order, new paths in between', async () => {
+  const file = path.join(dir, 'order.bin');
+  const c = new PersistentHashCache(file);
+  const names = Array.from({ length: 50 }, (_, i) => `/o/f${String(i).padStart(2, '0')}`);
+  for (const [i, n] of names.entries()) c.set(n, stamp(i, 1, 1, i), `${i % 10}`.repeat(64));
+  await c.save();
+  const d = new PersistentHashCache(file);
+  await d.load();
+  // Saved order first (the cursor), then shuffled (the index), then a miss and a new entry mid-way.
+  for (const [i, n] of names.entries()) assert.equal(d.get(n, stamp(i, 1, 1, i)), `${i % 10}`.repeat(64), n);
+  for (const [i, n] of names.entries()) assert.equal(d.get(n, stamp(i, 1, 1, i)), `${i % 10}`.repeat(64), n);
+  assert.equal(d.indexBuilds, 0, 'walks in saved order need no path index');
+  for (const i of [49, 0, 25, 24, 26, 3])
+    assert.equal(d.get(names[i]!, stamp(i, 1, 1, i)), `${i % 10}`.repeat(64));
+  assert.equal(d.indexBuilds, 1, 'out of order: the index is built once');
+  assert.equal(d.get('/o/f10a', stamp(1, 1, 1, 1)), undefined);
+  d.set('/o/f10a', stamp(1, 1, 1, 1), H2);
+  d.set(names[30]!, stamp(30, 2, 2, 30), H1);
+  await d.save();
+  const e = new PersistentHashCache(file);
+  await e.load();
+  assert.equal(e.size, 51);
+  for (const [i, n] of names.entries()) {
+    const want = i === 30 ? H1 : `${i % 10}`.repeat(64);
+    assert.equal(e.get(n, i === 30 ? stamp(30, 2, 2, 30) : stamp(i, 1, 1, i)), want, n);
+  }
+  assert.equal(e.get('/o/f10a', stamp(1, 1, 1, 1)), H2);
+  assert.equal(e.get(names[30]!, stamp(30, 1, 1, 30)), undefined, 'the replaced stamp misses');
+});
+
+test('a corrupt, truncated or foreign file is ignored and replaced at the next save; the old JSON file goes', async () => {
+  const good = new PersistentHashCache(path.join(dir, 'good.bin'));
+  good.set('/x', stamp(1, 2, 3, 4), H1);
+  await good.save();
+  const bytes = await fs.readFile(good.file);
+  const flipped = Buffer.from(bytes);
+  flipped[20] = flipped[20]! ^ 1; // a stamp bit: the CRC catches it
+  const cases: [string, Buffer][] = [
+    ['flipped.bin', flipped],
+    ['truncated.bin', bytes.subarray(0, bytes.length - 3)],
+    ['json.bin', Buffer.from(JSON.stringify({ v: 2, files: { '/x': `1\u00002\u00003\u00004\u0000${H1}` } }))],
+    ['empty.bin', Buffer.alloc(0)],
+  ];
+  for (const [name, data] of cases) {
+    const sub = path.join(dir, `bad-${name}`);
+    await fs.mkdir(sub);
+    const file = path.join(sub, 'local-checksums.bin');
+    await fs.writeFile(file, data);
+    await fs.writeFile(path.join(sub, 'local-checksums.json'), '{"v":2,"files":{}}');
     const c = new PersistentHashCache(file);
     await c.load();
     assert.equal(c.size, 0, name);
-    assert.equal(c.get('/x\u00001\u00002\u00003\u00004'), undefined, name);
+    assert.equal(c.get('/x', stamp(1, 2, 3, 4)), undefined, name);
     await c.save();
-    assert.deepEqual(JSON.parse(await fs.readFile(file, 'utf8')), { v: 2, files: {} }, name);
+    assert.equal(c.writes, 1, `${name}: rewritten`);
+    const again = new PersistentHashCache(file);
+    await again.load();
+    assert.equal(again.size, 0, name);
+    await assert.rejects(
+      fs.stat(path.join(sub, 'local-checksums.json')),
+      /ENOENT/,
+      'the old format file is removed',
+    );
   }
+  const reread = new PersistentHashCache(good.file);
+  await reread.load();
+  assert.equal(reread.get('/x', stamp(1, 2, 3, 4)), H1, 'the intact file still loads');
 });
 
 test('with checksumTree: unchanged files are not re-read, a changed file replaces its entry', async () => {
   const tree = path.join(dir, 'tree');
   await fs.mkdir(path.join(tree, 'sub'), { recursive: true });
   for (let i = 0; i < 10; i++) await fs.writeFile(path.join(tree, 'sub', `f${i}`), `content ${i}`);
-  const c = new PersistentHashCache(path.join(dir, 'tree.json'));
+  const c = new PersistentHashCache(path.join(dir, 'tree.bin'));
   await c.load();
   const first = await checksumTree(tree, '/', { cache: c });
   await c.save();
@@ -110,7 +180,7 @@ test('with checksumTree: unchanged files are not re-read, a changed file replace
   assert.equal(c.writes, 2);
   assert.equal(c.size, 10, 'the changed file replaced its entry');
   // The saved file gives the same checksum in a new process (a reloaded cache).
-  const fresh = new PersistentHashCache(path.join(dir, 'tree.json'));
+  const fresh = new PersistentHashCache(path.join(dir, 'tree.bin'));
   await fresh.load();
   assert.equal(await checksumTree(tree, '/', { cache: fresh }), second);
 });
@@ -167,7 +237,7 @@ test('through the worker: an unchanged context hits the cache before any copy an
     };
     const first = await solve();
     assert.equal(first.executed.length, 2, 'cold: the local source and the copy run');
-    const file = path.join(root, 'ops', 'local-checksums.json');
+    const file = path.join(root, 'ops', 'local-checksums.bin');
     const st1 = await fs.stat(file, { bigint: true });
     const cache = await hashCacheFor(path.join(root, 'ops'));
     const writes = cache.writes;
@@ -185,8 +255,9 @@ test('through the worker: an unchanged context hits the cache before any copy an
     const third = await solve();
     assert.equal(third.executed.length, 2, 'a changed file re-runs the source and the copy');
     assert.equal(cache.writes, writes + 1, 'the new hash is saved');
-    const saved = JSON.parse(await fs.readFile(file, 'utf8')) as { v: number; files: Record<string, string> };
-    assert.equal(Object.keys(saved.files).length, 50, 'one entry per file');
+    const saved = new PersistentHashCache(file);
+    await saved.load();
+    assert.equal(saved.size, 50, 'one entry per file');
     const s = await OpSession.open(core, 'test read');
     try {
       const tree = await s.mount(await s.view(third.snapshot));

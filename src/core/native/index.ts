@@ -44,6 +44,11 @@ export interface NativeAddon {
   lutimensat(path: string, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void;
   /** flock(2) on an open descriptor; with LOCK_NB a held lock throws code 'EWOULDBLOCK'. */
   flock(fd: number, operation: number): void;
+  /**
+   * One directory's entries with lstat data and symlink targets, packed in
+   * one Buffer (decoded by `readDirStat` in readdir.ts, which see).
+   */
+  readdirStat(dir: string): Buffer;
 }
 
 /** flock(2) operations. */
