@@ -8,7 +8,11 @@
  *   the chain-ID-named snapshots `kiln run` looks for and the config carries
  *   `containerd.io/gc.ref.snapshot.<driver>` = top chain ID: layers whose
  *   chain snapshot exists already (the base image) are not applied again;
- *   the others are applied once from their blobs. With `push`, then pushed.
+ *   layers computed from build snapshots get theirs as a copy of the build
+ *   snapshot's own directory (./chain.ts, overlayfs); the others are
+ *   applied once from their blobs. With `push`, then pushed
+ *   (uncompressed layers of a store image compressed to gzip on the way,
+ *   unless `pushCompression: 'keep'`).
  * - `registry`: `image` with `push` (and no unpack unless asked): pushed to
  *   every name by ../core/images/push.ts.
  * - `oci`: an OCI image layout tar (`oci-layout`, `index.json`, `blobs/`)
@@ -18,9 +22,10 @@
  *   unnamed image is one entry without annotations.
  * - `docker`: the same tar plus `manifest.json` (`[{Config, RepoTags,
  *   Layers}]` with familiar `name:tag` RepoTags), the shape docker ≥ 25
- *   saves and BuildKit's docker exporter writes. Layers stay as stored
- *   (usually gzip): docker 20.10's `docker load` decompresses them
- *   (test/exporter checks it).
+ *   saves and BuildKit's docker exporter writes. Layer blobs are copied as
+ *   stored, never recompressed here: uncompressed by default (as in
+ *   `docker save`; ./index.ts), gzip when asked; docker 20.10's
+ *   `docker load` takes both (test/exporter checks it).
  * - `local`: the result's filesystem copied into the directory `dest`
  *   (created; existing entries of the same name replaced, others kept),
  *   preserving modes, owners, xattrs, hard links, symlinks, devices and
@@ -52,6 +57,7 @@ import { unpack } from '../core/images/unpack.ts';
 import type { Core, Image, SnapshotterName } from '../core/metadata/index.ts';
 import { withTempMount } from '../core/mount/mount.ts';
 import type { RemoteOptions } from '../core/remotes/transport.ts';
+import { chainFromBuild } from './chain.ts';
 import type { BuiltImage } from './image.ts';
 
 export type ExporterName = 'image' | 'registry' | 'oci' | 'docker' | 'local' | 'tar';
@@ -73,6 +79,11 @@ export interface ExportOptions {
   names?: string[];
   /** Push to each name (image; always for registry). */
   push?: boolean;
+  /**
+   * Layers of a push: 'keep' pushes them as stored; default: as the image's
+   * manifest asks (../core/images/push.ts, `layerCompression`).
+   */
+  pushCompression?: 'gzip' | 'keep';
   /** Unpack into chain-ID snapshots (image: default true; registry: default false). */
   unpack?: boolean;
   sourceDateEpoch?: number;
@@ -286,6 +297,15 @@ function storeExporter(name: 'image' | 'registry'): Exporter {
       };
       if (options.unpack ?? name === 'image') {
         try {
+          // The build's snapshots give the chain snapshots without applying layer tars (./chain.ts);
+          // whatever that cannot make, or if it fails, unpack applies from the blobs.
+          await chainFromBuild(core, img, {
+            lease: img.lease,
+            ...(options.sourceDateEpoch !== undefined ? { sourceDateEpoch: options.sourceDateEpoch } : {}),
+            ...(options.signal ? { signal: options.signal } : {}),
+          }).catch((err: unknown) => {
+            if (options.signal?.aborted) throw err;
+          });
           await unpack(core, target, {
             snapshotter: img.snapshotter,
             ...(options.signal ? { signal: options.signal } : {}),
@@ -299,6 +319,7 @@ function storeExporter(name: 'image' | 'registry'): Exporter {
       if (doPush) {
         for (const n of names) {
           await push(core, target, n, {
+            ...(options.pushCompression ? { layerCompression: options.pushCompression } : {}),
             ...(options.remote ? { remote: options.remote } : {}),
             ...(options.signal ? { signal: options.signal } : {}),
           });

@@ -18,7 +18,10 @@
  *   `ociMediaTypes: false` (zstd needs OCI). Layer descriptors carry only
  *   mediaType, digest and size.
  * - Blobs: config without labels; manifest with containerd's GC labels
- *   (`containerd.io/gc.ref.content.config` / `.l.<i>`) to config and layers.
+ *   (`containerd.io/gc.ref.content.config` / `.l.<i>`) to config and layers,
+ *   and, with `compressOnPush` and an uncompressed layer, the label
+ *   `kiln.dev/push.compression` = gzip that makes a push compress its
+ *   uncompressed layers (../core/images/push.ts).
  *   JSON is serialised with a fixed key order, so identical inputs with the
  *   same SOURCE_DATE_EPOCH give byte-identical blobs and the same digest.
  *
@@ -30,6 +33,8 @@ import type { ContentStore, Labels } from '../core/content/types.ts';
 import type { Compression } from '../core/diff/index.ts';
 import { type Digest, sha256 } from '../core/digest.ts';
 import { errInvalidArgument, isKilnError } from '../core/errors.ts';
+import { blobCompression } from '../core/images/convert.ts';
+import { LABEL_PUSH_COMPRESSION } from '../core/images/push.ts';
 import { chainIDs } from '../core/images/unpack.ts';
 import {
   type Descriptor,
@@ -62,6 +67,12 @@ export interface BuildImageOptions {
   concurrency?: number;
   signal?: AbortSignal;
   progress?: (layer: SnapshotLayer) => void;
+  /**
+   * Mark the manifest so that a push compresses its uncompressed layers to
+   * gzip (label LABEL_PUSH_COMPRESSION, read by ../core/images/push.ts): set
+   * by the store export, whose layers are uncompressed by default.
+   */
+  compressOnPush?: boolean;
   /** Clock for `created` without SOURCE_DATE_EPOCH (tests). */
   now?: () => Date;
 }
@@ -246,6 +257,9 @@ export async function buildImage(core: Core, opts: BuildImageOptions): Promise<B
     size: manifestBytes.byteLength,
   };
   const labels: Labels = { [`${LABEL_GC_REF_CONTENT}.config`]: configDesc.digest };
+  if (opts.compressOnPush && manifest.layers.some((l) => blobCompression(l.mediaType) === 'none')) {
+    labels[LABEL_PUSH_COMPRESSION] = 'gzip';
+  }
   manifest.layers.forEach((l, i) => {
     labels[`${LABEL_GC_REF_CONTENT}.l.${i}`] = l.digest;
   });

@@ -11,7 +11,15 @@
  *   `type=tar,dest=-`; a value without `=` or comma is `type=local,dest=<it>`.
  *   Errors (InvalidArgument) quote the bad key or value.
  * - `exportResult(core, {snapshot, config, outputs})` runs each output in
- *   turn. The image is built (./image.ts) once per distinct set of image
+ *   turn. Layer compression without `compression=` (defaultCompression):
+ *   `type=image` without push and `type=docker` write layers uncompressed
+ *   (only the diff ID is computed; a blob made before for the same snapshot,
+ *   of any compression, is reused), the rest gzip; outputs without
+ *   `compression=` in one build share one image (gzip if one of them needs
+ *   it, as that costs the compression anyway). An image stored so is
+ *   marked to have its uncompressed layers compressed to gzip when pushed
+ *   (../core/images/push.ts), as `docker push` does; an explicit
+ *   `compression=uncompressed` pushes them as they are. The image is built (./image.ts) once per distinct set of image
  *   options and only when an output needs it (local and tar do not); all of
  *   it is held by one lease, deleted at the end (what an image record does
  *   not hold is then left to GC, except layer blobs, which the result's
@@ -197,6 +205,25 @@ export function parseOutputSpec(spec: string): OutputSpec {
   return out;
 }
 
+/**
+ * The layer compression of the outputs without `compression=`, one for all
+ * of them (so they share one image, the one --metadata-file names): gzip
+ * when one of them leaves the machine compressed (push, registry, oci
+ * tars); else none: the image store (docker's store keeps layers
+ * uncompressed too; a later push compresses them) and docker tars (whose
+ * consumer, `docker load`, stores them uncompressed).
+ */
+export function defaultCompression(
+  outputs: readonly Pick<OutputSpec, 'type' | 'push' | 'compression'>[],
+): Compression {
+  const gz = outputs.some(
+    (o) =>
+      o.compression === undefined &&
+      (o.type === 'oci' || o.type === 'registry' || (o.type === 'image' && o.push === true)),
+  );
+  return gz ? 'gzip' : 'none';
+}
+
 /** Parses SOURCE_DATE_EPOCH (seconds since the epoch); undefined or '' gives undefined. */
 export function sourceDateEpochFrom(value: string | undefined): number | undefined {
   if (value === undefined || value === '') return undefined;
@@ -229,12 +256,16 @@ export async function exportResult(core: Core, options: ExportResultOptions): Pr
   const sde = options.sourceDateEpoch;
   try {
     const results: ExportResult[] = [];
+    const byDefault = defaultCompression(options.outputs);
     for (const out of options.outputs) {
+      const compression = out.compression ?? byDefault;
+      const compressOnPush = out.compression === undefined && compression === 'none' && out.type === 'image';
       const key = JSON.stringify([
-        out.compression ?? 'gzip',
+        compression,
         out.compressionLevel,
         out.ociMediaTypes ?? true,
         out.forceCompression ?? false,
+        compressOnPush,
       ]);
       const source: ExportSource = {
         core,
@@ -248,7 +279,8 @@ export async function exportResult(core: Core, options: ExportResultOptions): Pr
               config: options.config,
               snapshotter,
               lease,
-              ...(out.compression ? { compression: out.compression } : {}),
+              compression,
+              ...(compressOnPush ? { compressOnPush: true } : {}),
               ...(out.compressionLevel !== undefined ? { level: out.compressionLevel } : {}),
               ...(out.ociMediaTypes !== undefined ? { ociMediaTypes: out.ociMediaTypes } : {}),
               ...(out.forceCompression ? { forceCompression: true } : {}),
@@ -267,6 +299,7 @@ export async function exportResult(core: Core, options: ExportResultOptions): Pr
           names: out.names,
           ...(out.dest !== undefined ? { dest: out.dest } : {}),
           ...(out.push !== undefined ? { push: out.push } : {}),
+          ...(out.compression === 'none' ? { pushCompression: 'keep' as const } : {}),
           ...(out.unpack !== undefined ? { unpack: out.unpack } : {}),
           ...(sde !== undefined ? { sourceDateEpoch: sde } : {}),
           ...(options.remote ? { remote: options.remote } : {}),

@@ -8,9 +8,14 @@
  * 1. a blob this module computed before: the snapshot label
  *    `containerd.io/gc.ref.content.kiln.layer.<compression>[.sde-<epoch>]`
  *    = blob digest (a GC reference too, so the blob lives as long as the
- *    snapshot and later exports reuse it). Without `forceCompression` a blob
- *    of another compression is reused as is (as BuildKit does), the
- *    requested compression first; Docker media types never take zstd.
+ *    snapshot and later exports reuse it). Without `forceCompression` a
+ *    compressed blob of another compression is reused as is (as BuildKit
+ *    does), the requested compression first; Docker media types never take
+ *    zstd. Otherwise a blob of another compression found by label (e.g. the
+ *    uncompressed one a store export made) is converted
+ *    (../core/images/convert.ts: decompress + compress, no tree walk) and
+ *    the result recorded under its own label: a compressed request never
+ *    gets an uncompressed layer computed before.
  * 2. for a snapshot made by unpack (label `containerd.io/snapshot.ref`), the
  *    image layer blob it came from: a blob of the namespace labelled
  *    `containerd.io/uncompressed` = the snapshot's diff ID (base layers are
@@ -36,13 +41,11 @@
  */
 import { randomBytes } from 'node:crypto';
 import { availableParallelism } from 'node:os';
-import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import * as zlib from 'node:zlib';
 import type { ContentStore } from '../core/content/types.ts';
 import { type Compression, compare, LABEL_UNCOMPRESSED, LAYER_MEDIA_TYPES } from '../core/diff/index.ts';
-import { type Digest, Digester } from '../core/digest.ts';
+import type { Digest } from '../core/digest.ts';
 import { errInvalidArgument, isKilnError, wrap } from '../core/errors.ts';
+import { blobCompression, blobHead, recompressBlob, sniffCompression } from '../core/images/convert.ts';
 import type { Descriptor } from '../core/images/types.ts';
 import type { Core, NamespacedSnapshotter, SnapshotterName } from '../core/metadata/index.ts';
 import { escapeOverlayPath, splitLowerdir } from '../core/mount/mount.ts';
@@ -90,19 +93,6 @@ export interface SnapshotLayer {
 }
 
 const COMPRESSIONS: readonly Compression[] = ['gzip', 'zstd', 'none'];
-
-function compressionOf(mediaType: string): Compression | undefined {
-  if (mediaType.endsWith('+gzip') || mediaType.endsWith('.tar.gzip')) return 'gzip';
-  if (mediaType.endsWith('+zstd')) return 'zstd';
-  if (mediaType.endsWith('.tar')) return 'none';
-  return undefined;
-}
-
-function compressionOfBytes(head: Uint8Array): Compression {
-  if (head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
-  if (head[0] === 0x28 && head[1] === 0xb5 && head[2] === 0x2f && head[3] === 0xfd) return 'zstd';
-  return 'none';
-}
 
 /** The label key linking a snapshot to its computed layer of `compression`. */
 export function layerLabel(compression: Compression, sourceDateEpoch?: number): string {
@@ -157,11 +147,6 @@ async function blobInfo(
   }
 }
 
-async function firstBytes(store: ContentStore, digest: Digest): Promise<Uint8Array> {
-  for await (const c of store.read(digest, { start: 0, end: 4 })) return c;
-  return new Uint8Array();
-}
-
 function layerDesc(compression: Compression, digest: Digest, size: number, diffID: Digest): Descriptor {
   return {
     mediaType: LAYER_MEDIA_TYPES[compression],
@@ -171,58 +156,38 @@ function layerDesc(compression: Compression, digest: Digest, size: number, diffI
   };
 }
 
-/** Order in which existing blobs of each compression are acceptable. */
+/**
+ * Order in which existing blobs of each compression are reused as they are:
+ * the requested compression first; without `forceCompression` also another
+ * compressed one (never zstd for Docker media types). An uncompressed blob
+ * computed before is not reused for a compressed request: it is compressed
+ * (no tree walk), so a store export without compression never makes later
+ * OCI tars or pushes uncompressed.
+ */
 function acceptable(opts: LayerOptions): Compression[] {
   const want = opts.compression ?? 'gzip';
   if (opts.forceCompression) return [want];
-  return [want, ...COMPRESSIONS.filter((c) => c !== want)].filter(
+  return [want, ...COMPRESSIONS.filter((c) => c !== want && c !== 'none')].filter(
     (c) => !(opts.dockerMediaTypes && c === 'zstd'),
   );
 }
 
-/** Recompresses `desc`'s blob to `compression`; returns the new descriptor. */
+/** Recompresses `desc`'s blob to `opts.compression` (../core/images/convert.ts); returns the new descriptor. */
 async function convert(
   store: ContentStore,
   desc: Descriptor,
   diffID: Digest,
   opts: LayerOptions,
+  from?: Compression,
 ): Promise<Descriptor> {
   const compression = opts.compression ?? 'gzip';
-  const from = compressionOfBytes(await firstBytes(store, desc.digest));
-  const ref = `convert-${randomBytes(8).toString('hex')}`;
-  const w = await store.writer({ ref, ...(opts.signal ? { signal: opts.signal } : {}) });
-  const d = new Digester();
-  const stages: (NodeJS.ReadableStream | NodeJS.ReadWriteStream)[] = [Readable.from(store.read(desc.digest))];
-  if (from === 'gzip') stages.push(zlib.createGunzip());
-  if (from === 'zstd') stages.push(zlib.createZstdDecompress());
-  if (compression === 'gzip') stages.push(zlib.createGzip({ level: opts.level ?? 6 }));
-  if (compression === 'zstd') {
-    stages.push(
-      zlib.createZstdCompress({ params: { [zlib.constants.ZSTD_c_compressionLevel]: opts.level ?? 3 } }),
-    );
-  }
-  try {
-    // pipeline's typed overloads do not cover a list of stages built at run time.
-    const run = pipeline as unknown as (...streams: unknown[]) => Promise<void>;
-    await run(...stages, async (src: AsyncIterable<Buffer>) => {
-      for await (const c of src) {
-        d.update(c);
-        await w.write(c);
-      }
-    });
-    const digest = d.digest();
-    try {
-      await w.commit({ size: d.size, expected: digest, labels: { [LABEL_UNCOMPRESSED]: diffID } });
-    } catch (err) {
-      if (!isKilnError(err, 'AlreadyExists')) throw err;
-    }
-    return layerDesc(compression, digest, d.size, diffID);
-  } catch (err) {
-    await store.abort(ref).catch(() => {});
-    throw wrap(err, `recompress layer ${desc.digest} to ${compression}`);
-  } finally {
-    await w.close().catch(() => {});
-  }
+  const out = await recompressBlob(store, desc.digest, compression, {
+    diffID,
+    ...(from ? { from } : {}),
+    ...(opts.level !== undefined ? { level: opts.level } : {}),
+    ...(opts.signal ? { signal: opts.signal } : {}),
+  });
+  return layerDesc(compression, out.digest, out.size, diffID);
 }
 
 /** A blob found through the snapshot's labels (rules 1 and 2 of the module comment). */
@@ -239,6 +204,16 @@ async function knownBlob(
     if (b?.diffID)
       return { desc: layerDesc(c, digest as Digest, b.size, b.diffID), diffID: b.diffID, source: 'label' };
   }
+  // A blob of another compression computed before: convert it rather than walk the tree again.
+  for (const c of COMPRESSIONS) {
+    if (order.includes(c)) continue;
+    const digest = info.labels[layerLabel(c, opts.sourceDateEpoch)];
+    if (!digest) continue;
+    const b = await blobInfo(store, digest);
+    if (!b?.diffID) continue;
+    const from = layerDesc(c, digest as Digest, b.size, b.diffID);
+    return { desc: await convert(store, from, b.diffID, opts, c), diffID: b.diffID, source: 'converted' };
+  }
   const unpackedDiffID = info.labels[LABEL_SNAPSHOT_REF]
     ? (info.labels[LABEL_UNCOMPRESSED] as Digest)
     : undefined;
@@ -246,7 +221,7 @@ async function knownBlob(
   const found = new Map<Compression, Descriptor>();
   await store.walk(
     async (bi) => {
-      const c = compressionOfBytes(await firstBytes(store, bi.digest));
+      const c = sniffCompression(await blobHead(store, bi.digest));
       if (!found.has(c)) found.set(c, layerDesc(c, bi.digest, bi.size, unpackedDiffID));
     },
     [`labels.${LABEL_UNCOMPRESSED}==${unpackedDiffID}`],
@@ -256,14 +231,15 @@ async function knownBlob(
     const b = await blobInfo(store, unpackedDiffID);
     if (b) found.set('none', layerDesc('none', unpackedDiffID, b.size, unpackedDiffID));
   }
-  for (const c of order) {
+  // Base layers are reused as they are, uncompressed ones too (unless forced).
+  for (const c of opts.forceCompression ? order : [...order, 'none' as const]) {
     const d = found.get(c);
     if (d) return { desc: d, diffID: unpackedDiffID, source: 'unpacked' };
   }
-  const any = [...found.values()][0];
+  const any = [...found.entries()][0];
   if (any && opts.forceCompression) {
     return {
-      desc: await convert(store, any, unpackedDiffID, opts),
+      desc: await convert(store, any[1], unpackedDiffID, opts, any[0]),
       diffID: unpackedDiffID,
       source: 'converted',
     };
@@ -358,9 +334,14 @@ export async function snapshotLayers(
           if (!found) {
             const desc = await computeLayer(sn, store, info, opts);
             const diffID = desc.annotations![LABEL_UNCOMPRESSED] as Digest;
-            const key = layerLabel(compressionOf(desc.mediaType) ?? compression, opts.sourceDateEpoch);
-            await base.update({ name: info.name, labels: { [key]: desc.digest } }, [`labels.${key}`]);
             found = { desc, diffID, source: 'computed' };
+          }
+          if (found.source === 'computed' || found.source === 'converted') {
+            const key = layerLabel(
+              blobCompression(found.desc.mediaType) ?? compression,
+              opts.sourceDateEpoch,
+            );
+            await base.update({ name: info.name, labels: { [key]: found.desc.digest } }, [`labels.${key}`]);
           }
           const layer: SnapshotLayer = {
             snapshot: info.name,

@@ -5,18 +5,23 @@
  * the same manifest digest and bytes; a second push skips every blob (HEAD);
  * a push to another repository of the same registry mounts the blobs; large
  * blobs go in PATCH chunks (seen by a proxy); a multi-platform index is
- * pushed with its manifests; a missing blob is a clear error.
+ * pushed with its manifests; a missing blob is a clear error; uncompressed
+ * layers are pushed as stored by default and, with `layerCompression:
+ * 'gzip'`, gzipped (index and Docker media types rewritten, the same config,
+ * once: a second push reuses the recorded gzip blobs).
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { gunzipSync } from 'node:zlib';
 import { sha256 } from '../../src/core/digest.ts';
 import { isKilnError } from '../../src/core/errors.ts';
 import { importImages, pull, push } from '../../src/core/images/index.ts';
+import { writeBlob } from '../../src/core/images/content.ts';
 import { parsePlatform } from '../../src/core/images/platform.ts';
-import type { Index } from '../../src/core/images/types.ts';
+import type { Descriptor, Index } from '../../src/core/images/types.ts';
 import { type Core, openCore } from '../../src/core/metadata/index.ts';
 import { setTempMountRoot } from '../../src/core/mount/mount.ts';
 import {
@@ -219,6 +224,114 @@ void describe('push to docker-registry', () => {
       platform: parsePlatform('linux/arm64'),
     });
     assert.equal(one.target.digest, arm.manifest.digest);
+  });
+
+  void test('uncompressed layers: kept by default; layerCompression gzip converts them (index, Docker media types) once', async () => {
+    const store = core.content;
+    const put = async (mediaType: string, bytes: Uint8Array): Promise<Descriptor> => {
+      const d = { mediaType, digest: sha256(bytes), size: bytes.byteLength };
+      await writeBlob(store, d, bytes);
+      return d;
+    };
+    const base = await busyboxRootfs(join(work, 'raw-base'));
+    const t1 = await tarDir(base, join(work, 'raw-l1.tar'));
+    const t2 = Buffer.concat([t1.subarray(0, 512 * 4), Buffer.alloc(1024)]); // a small, different tar
+    const layers = [
+      await put('application/vnd.docker.image.rootfs.diff.tar', t1),
+      await put('application/vnd.docker.image.rootfs.diff.tar', t2),
+    ];
+    const config = await put(
+      'application/vnd.docker.container.image.v1+json',
+      Buffer.from(
+        JSON.stringify({
+          architecture: 'amd64',
+          os: 'linux',
+          config: { Cmd: ['/bin/sh'] },
+          rootfs: { type: 'layers', diff_ids: layers.map((l) => l.digest) },
+        }),
+      ),
+    );
+    const manifest = await put(
+      'application/vnd.docker.distribution.manifest.v2+json',
+      Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: 'application/vnd.docker.distribution.manifest.v2+json',
+          config,
+          layers,
+        }),
+      ),
+    );
+    const index = await put(
+      'application/vnd.oci.image.index.v1+json',
+      Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: 'application/vnd.oci.image.index.v1+json',
+          manifests: [
+            { ...manifest, platform: { os: 'linux', architecture: 'amd64' } },
+            { ...arm.manifest, platform: { os: 'linux', architecture: 'arm64' } },
+          ],
+        }),
+      ),
+    );
+    // Default (no label on the image): pushed as stored, like containerd.
+    const kept = await push(core, manifest, `${reg.host}/raw/kept:v1`, { remote: fast });
+    assert.equal(kept.target.digest, manifest.digest);
+
+    const r = await push(core, index, `${reg.host}/raw/gz:v1`, { remote: fast, layerCompression: 'gzip' });
+    assert.notEqual(r.target.digest, index.digest);
+    const pushedIndex = JSON.parse(
+      await skopeo(['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/raw/gz:v1`]),
+    ) as Index;
+    assert.equal(sha256(Buffer.from(JSON.stringify(pushedIndex))), r.target.digest);
+    assert.deepEqual(
+      pushedIndex.manifests.map((m) => m.platform?.architecture),
+      ['amd64', 'arm64'],
+    );
+    assert.notEqual(pushedIndex.manifests[0]!.digest, manifest.digest);
+    assert.equal(pushedIndex.manifests[1]!.digest, arm.manifest.digest, 'gzip layers: unchanged');
+    const m = JSON.parse(
+      await skopeo([
+        'inspect',
+        '--raw',
+        '--tls-verify=false',
+        `docker://${reg.host}/raw/gz@${pushedIndex.manifests[0]!.digest}`,
+      ]),
+    ) as { config: Descriptor; layers: Descriptor[] };
+    assert.deepEqual(m.config, config);
+    for (const [i, l] of m.layers.entries()) {
+      assert.equal(l.mediaType, 'application/vnd.docker.image.rootfs.diff.tar.gzip');
+      const res = await fetch(`http://${reg.host}/v2/raw/gz/blobs/${l.digest}`);
+      assert.equal(sha256(gunzipSync(Buffer.from(await res.arrayBuffer()))), layers[i]!.digest);
+    }
+    // skopeo copies it (verifying every digest) and the amd64 image is the converted manifest
+    const out = join(work, 'raw-copy');
+    await skopeo([
+      'copy',
+      '--quiet',
+      '--override-arch',
+      'amd64',
+      '--src-tls-verify=false',
+      `docker://${reg.host}/raw/gz:v1`,
+      `oci:${out}:a`,
+    ]);
+    // a second push converts nothing: the same index, the gzip blobs recorded on the layers
+    const gzOf = await Promise.all(
+      layers.map(
+        async (l) => (await store.info(l.digest)).labels['containerd.io/gc.ref.content.kiln.push.gzip'],
+      ),
+    );
+    assert.deepEqual(
+      gzOf,
+      m.layers.map((l) => l.digest),
+    );
+    const again = await push(core, index, `${reg.host}/raw/gz:v2`, {
+      remote: fast,
+      layerCompression: 'gzip',
+    });
+    assert.equal(again.target.digest, r.target.digest);
+    assert.ok(again.blobs.every((b) => b.result === 'exists'));
   });
 
   void test('a missing blob is a clear error naming it', async () => {

@@ -5,19 +5,27 @@
  * `docker load` + `docker run` on the docker-archive, docker-registry +
  * `docker pull` + `docker run` on a push, GNU tar and the tree itself for
  * local and tar outputs. Also: layer reuse (a second export computes
- * nothing), SOURCE_DATE_EPOCH (two independent builds of the same inputs
- * give the same manifest digest), history/layer consistency with an empty
- * step.
+ * nothing; a gzip export compresses the store export's uncompressed blobs
+ * without a tree walk), SOURCE_DATE_EPOCH (two independent builds of the
+ * same inputs give the same manifest digest), history/layer consistency
+ * with an empty step; the store export's uncompressed layers (blob = diff
+ * ID) gzipped on push (registry blobs gunzip to the stored layers, same
+ * config, reused by a second push, kept by GC, run by docker), an explicit
+ * `compression=uncompressed` pushed as is, `kiln images export` of such an
+ * image; chain snapshots copied from the build snapshots (same tree,
+ * xattrs, hard links, whiteouts; unpack then applies nothing).
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { lstat, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
+import { gunzipSync } from 'node:zlib';
 import { after, before, describe, test } from 'node:test';
-import type { Digest } from '../../src/core/digest.ts';
-import { chainIDs } from '../../src/core/images/unpack.ts';
+import { type Digest, sha256 } from '../../src/core/digest.ts';
+import { exportImages, push } from '../../src/core/images/index.ts';
+import { chainIDs, unpack } from '../../src/core/images/unpack.ts';
 import {
   type ImageConfig,
   type Manifest,
@@ -25,7 +33,8 @@ import {
   parseManifest,
 } from '../../src/core/images/types.ts';
 import { type Core, openCore } from '../../src/core/metadata/index.ts';
-import { setTempMountRoot } from '../../src/core/mount/mount.ts';
+import { setTempMountRoot, withTempMount } from '../../src/core/mount/mount.ts';
+import { chainFromBuild } from '../../src/exporter/chain.ts';
 import {
   buildImage,
   EMPTY_LAYER_DIFF_ID,
@@ -97,10 +106,20 @@ void describe('exporters on a built snapshot chain', () => {
     assert.equal(manifest.mediaType, 'application/vnd.oci.image.manifest.v1+json');
     // Every history step that made a snapshot keeps its layer, the empty one too (as BuildKit).
     assert.equal(manifest.layers.length, 4);
+    // The store export keeps layers uncompressed (as docker's store): each blob is the layer tar.
     for (const l of manifest.layers) {
-      assert.equal(l.mediaType, 'application/vnd.oci.image.layer.v1.tar+gzip');
+      assert.equal(l.mediaType, 'application/vnd.oci.image.layer.v1.tar');
       assert.equal(l.annotations, undefined);
     }
+    assert.deepEqual(
+      manifest.layers.map((l) => l.digest),
+      ['base', 'step1', 'step2', 'step3'].map((n) => seen.find((l) => l.snapshot === n)!.diffID),
+      'blob digest = diff ID',
+    );
+    const layerFile = join(work, 'layer1.tar');
+    await writeFile(layerFile, await readBlob(core, manifest.layers[1]!.digest));
+    const tarList = await execFileP('tar', ['-tf', layerFile]);
+    assert.ok(tarList.stdout.split('\n').includes('hello.txt'), tarList.stdout);
     // diff_ids: every layer, root first
     const byName = new Map(seen.map((l) => [l.snapshot, l]));
     assert.deepEqual(
@@ -119,6 +138,7 @@ void describe('exporters on a built snapshot chain', () => {
     // GC labels on the manifest, snapshot link on the config
     const minfo = await core.content.info(img.target.digest);
     assert.equal(minfo.labels['containerd.io/gc.ref.content.config'], manifest.config.digest);
+    assert.equal(minfo.labels['kiln.dev/push.compression'], 'gzip', 'a push compresses its layers');
     manifest.layers.forEach((l, i) => {
       assert.equal(minfo.labels[`containerd.io/gc.ref.content.l.${i}`], l.digest);
     });
@@ -147,7 +167,41 @@ void describe('exporters on a built snapshot chain', () => {
     assert.deepEqual(await snapshotTree(core, top), tree);
   });
 
-  void test('a second export reuses every layer (none computed); another compression is reused unless forced', async () => {
+  void test('a second export reuses every layer (none computed); a gzip export compresses the uncompressed blobs; another compression is reused unless forced', async () => {
+    const again: SnapshotLayer[] = [];
+    const [res] = await exportResult(core, {
+      snapshot: result,
+      config: chainConfig(),
+      outputs: [parseOutputSpec('type=image,name=kiln-test/app:1b')],
+      progress: (l) => again.push(l),
+    });
+    assert.deepEqual(
+      again.map((l) => l.source),
+      ['label', 'label', 'label', 'label'],
+    );
+    const m1 = parseManifest(
+      await readBlob(core, core.images.get('docker.io/kiln-test/app:1').target.digest),
+    );
+    assert.deepEqual(parseManifest(await readBlob(core, res!.manifest!.digest)).layers, m1.layers);
+    // gzip (buildImage's default, and oci tars / pushes): converted from the uncompressed blobs, no tree walk
+    const conv: SnapshotLayer[] = [];
+    const gz = await buildImage(core, {
+      snapshot: result,
+      config: chainConfig(),
+      progress: (l) => conv.push(l),
+    });
+    core.leases.delete(gz.lease);
+    assert.deepEqual(
+      conv.map((l) => l.source),
+      ['converted', 'converted', 'converted', 'converted'],
+    );
+    assert.deepEqual(
+      gz.manifest.layers.map((l) => l.mediaType),
+      Array(4).fill('application/vnd.oci.image.layer.v1.tar+gzip'),
+    );
+    for (const l of gz.layers) {
+      assert.equal(sha256(gunzipSync(await readBlob(core, l.descriptor.digest))), l.diffID);
+    }
     const seen: SnapshotLayer[] = [];
     const built = await buildImage(core, {
       snapshot: result,
@@ -161,13 +215,32 @@ void describe('exporters on a built snapshot chain', () => {
       );
       assert.deepEqual(
         built.layers.map((l) => l.descriptor.digest),
-        ['base', 'step1', 'step2', 'step3'].map(
-          (n) => firstLayers.find((l) => l.snapshot === n)!.descriptor.digest,
-        ),
+        gz.layers.map((l) => l.descriptor.digest),
+      );
+      assert.deepEqual(
+        built.layers.map((l) => l.diffID),
+        ['base', 'step1', 'step2', 'step3'].map((n) => firstLayers.find((l) => l.snapshot === n)!.diffID),
       );
     } finally {
       core.leases.delete(built.lease);
     }
+    // uncompressed wanted: a gzip blob made before is reused as is (nothing computed)
+    const u: SnapshotLayer[] = [];
+    const ub = await buildImage(core, {
+      snapshot: result,
+      config: chainConfig(),
+      compression: 'none',
+      progress: (l) => u.push(l),
+    });
+    core.leases.delete(ub.lease);
+    assert.deepEqual(
+      u.map((l) => l.source),
+      ['label', 'label', 'label', 'label'],
+    );
+    assert.deepEqual(
+      ub.manifest.layers.map((l) => l.mediaType),
+      Array(4).fill('application/vnd.oci.image.layer.v1.tar'),
+    );
     // another compression is reused as is unless forced
     const seen2: SnapshotLayer[] = [];
     const z = await buildImage(core, {
@@ -240,6 +313,15 @@ void describe('exporters on a built snapshot chain', () => {
       config: chainConfig(),
       outputs: [parseOutputSpec(`type=docker,dest=${out},name=${name}`)],
     });
+    // Uncompressed by default: the tar holds the store's uncompressed blobs (blob digest = diff ID).
+    const dm = parseManifest(await readBlob(core, res!.manifest!.digest));
+    assert.deepEqual(
+      dm.layers.map((l) => [l.mediaType, l.digest]),
+      ['base', 'step1', 'step2', 'step3'].map((n) => [
+        'application/vnd.oci.image.layer.v1.tar',
+        firstLayers.find((l) => l.snapshot === n)!.diffID,
+      ]),
+    );
     const loaded = await docker(['load', '-i', out]);
     assert.match(loaded, new RegExp(`Loaded image: ${name}`));
     const id = (await docker(['image', 'inspect', '--format', '{{.Id}}', name])).trim();
@@ -299,6 +381,167 @@ void describe('exporters on a built snapshot chain', () => {
         'hello from kiln\n',
       );
     });
+  });
+
+  void describe('push of a store image (uncompressed layers)', () => {
+    let reg: Registry;
+    before(async () => {
+      reg = await startRegistry(join(work, 'reg2'));
+    });
+    after(async () => {
+      await reg?.stop();
+    });
+
+    void test('layers are gzipped on the way (same config); a second push reuses them; GC keeps them; docker runs it', async (t) => {
+      const ref = `${reg.host}/kiln/store:${tag}`;
+      const [stored] = await exportResult(core, {
+        snapshot: result,
+        config: chainConfig(),
+        outputs: [parseOutputSpec('type=image,name=kiln-test/app:store')],
+      });
+      const local = parseManifest(await readBlob(core, stored!.manifest!.digest));
+      assert.ok(local.layers.every((l) => l.mediaType === 'application/vnd.oci.image.layer.v1.tar'));
+      const r1 = await push(core, 'kiln-test/app:store', ref, { remote: { retries: 1, backoffMs: 10 } });
+      assert.notEqual(r1.target.digest, stored!.manifest!.digest, 'a rewritten manifest is pushed');
+      assert.equal(core.images.get('docker.io/kiln-test/app:store').target.digest, stored!.manifest!.digest);
+      const res = await fetch(`http://${reg.host}/v2/kiln/store/manifests/${tag}`, {
+        headers: { accept: 'application/vnd.oci.image.manifest.v1+json' },
+      });
+      assert.equal(res.headers.get('docker-content-digest'), r1.target.digest);
+      const pushed = (await res.json()) as Manifest;
+      assert.deepEqual(pushed.config, local.config, 'same config, same diff IDs');
+      assert.equal(pushed.layers.length, local.layers.length);
+      for (const [i, l] of pushed.layers.entries()) {
+        assert.equal(l.mediaType, 'application/vnd.oci.image.layer.v1.tar+gzip');
+        const blob = await fetch(`http://${reg.host}/v2/kiln/store/blobs/${l.digest}`);
+        const bytes = Buffer.from(await blob.arrayBuffer());
+        assert.equal(sha256(bytes), l.digest);
+        assert.equal(sha256(gunzipSync(bytes)), local.layers[i]!.digest, 'gunzip gives the stored layer');
+        // the uncompressed blob links its gzip form (a GC reference)
+        const info = await core.content.info(local.layers[i]!.digest);
+        assert.equal(info.labels['containerd.io/gc.ref.content.kiln.push.gzip'], l.digest);
+      }
+      // GC keeps the gzip forms and the rewritten manifest while the image exists
+      await core.gc();
+      for (const l of pushed.layers) await core.content.info(l.digest);
+      await core.content.info(r1.target.digest);
+      // a second push (another repository) converts nothing and finds the same manifest
+      const before = Date.now();
+      const r2 = await push(core, 'kiln-test/app:store', `${reg.host}/kiln/again:${tag}`, {
+        remote: { retries: 1, backoffMs: 10 },
+      });
+      assert.equal(r2.target.digest, r1.target.digest);
+      for (const l of pushed.layers) {
+        const info = await core.content.info(l.digest);
+        assert.ok(info.createdAt.getTime() < before, `gzip blob ${l.digest} made once`);
+      }
+      assert.ok(r2.blobs.every((b) => b.result === 'mounted' || b.result === 'exists'));
+      if (!haveDocker) {
+        t.skip('docker daemon not available (docker info failed)');
+        return;
+      }
+      dockerImages.push(ref);
+      await docker(['pull', '-q', ref]);
+      assert.equal(
+        await docker([
+          'run',
+          '--rm',
+          '--network',
+          'none',
+          ref,
+          'sh',
+          '-c',
+          'cat /hello.txt; test -e /bin/vi || echo gone',
+        ]),
+        'hello from kiln\ngone\n',
+      );
+    });
+
+    void test('type=image,push=true pushes gzip; compression=uncompressed pushes the layers as they are', async () => {
+      const gzRef = `${reg.host}/kiln/gz:${tag}`;
+      const [g] = await exportResult(core, {
+        snapshot: result,
+        config: chainConfig(),
+        outputs: [parseOutputSpec(`type=image,push=true,name=${gzRef}`)],
+        remote: { retries: 1, backoffMs: 10 },
+      });
+      const gm = parseManifest(await readBlob(core, g!.manifest!.digest));
+      assert.ok(gm.layers.every((l) => l.mediaType === 'application/vnd.oci.image.layer.v1.tar+gzip'));
+      const unRef = `${reg.host}/kiln/raw:${tag}`;
+      const [u] = await exportResult(core, {
+        snapshot: result,
+        config: chainConfig(),
+        outputs: [parseOutputSpec(`type=image,push=true,compression=uncompressed,name=${unRef}`)],
+        remote: { retries: 1, backoffMs: 10 },
+      });
+      const res = await fetch(`http://${reg.host}/v2/kiln/raw/manifests/${tag}`, {
+        headers: { accept: 'application/vnd.oci.image.manifest.v1+json' },
+      });
+      assert.equal(res.headers.get('docker-content-digest'), u!.manifest!.digest);
+      const m = (await res.json()) as Manifest;
+      assert.ok(m.layers.every((l) => l.mediaType === 'application/vnd.oci.image.layer.v1.tar'));
+    });
+
+    void test('kiln images export of a store image: docker-archive loads and runs under docker; OCI layout validates', async (t) => {
+      const dir = join(work, 'images-export');
+      await mkdir(dir, { recursive: true });
+      const layout = join(dir, 'layout');
+      await exportImages(core, ['kiln-test/app:store'], layout, { format: 'oci' });
+      await execFileP('oci-image-tool', ['validate', '--type', 'image', '--ref', 'name=store', layout]);
+      if (!haveDocker) {
+        t.skip('docker daemon not available (docker info failed)');
+        return;
+      }
+      const tarPath = join(dir, 'docker.tar');
+      await exportImages(core, ['kiln-test/app:store'], tarPath, { format: 'docker' });
+      const name = 'kiln-test/app:store';
+      dockerImages.push(name);
+      await docker(['load', '-i', tarPath]);
+      assert.equal(
+        await docker(['run', '--rm', '--network', 'none', name, 'cat', '/hello.txt']),
+        'hello from kiln\n',
+      );
+    });
+  });
+
+  void test('chain snapshots are copied from the build snapshots (no layer applied): same tree, xattrs, hard links, labels; SOURCE_DATE_EPOCH leaves them to unpack', async () => {
+    const c2 = await openCore({ root: join(work, 'state-chain'), namespace: 'chain' });
+    try {
+      const res2 = await makeChain(c2, rootfs, 'c-');
+      const want = await snapshotTree(c2, res2);
+      const img = await buildImage(c2, { snapshot: res2, config: chainConfig(), compression: 'none' });
+      try {
+        assert.equal(await chainFromBuild(c2, img, { lease: img.lease, sourceDateEpoch: 0 }), 0);
+        assert.equal(await chainFromBuild(c2, img, { lease: img.lease }), 4);
+        const top = img.chainID!;
+        assert.deepEqual(await snapshotTree(c2, top), want);
+        const info = await (await c2.snapshotter()).stat(top);
+        assert.equal(info.labels['containerd.io/snapshot.ref'], top);
+        assert.equal(info.labels['containerd.io/uncompressed'], img.layers[3]!.diffID);
+        // xattrs and hard links as in the build's tree; the deletion is a whiteout
+        const sn = await c2.snapshotter();
+        const mounts = await sn.view('chain-check', top);
+        try {
+          await withTempMount(mounts, async (dir) => {
+            const x = await execFileP('getfattr', ['--only-values', '-n', 'user.kiln', join(dir, 'data/a')]);
+            assert.equal(x.stdout, 'exported');
+            const [a, b] = await Promise.all([lstat(join(dir, 'data/a')), lstat(join(dir, 'data/b'))]);
+            assert.equal(a.ino, b.ino, 'data/a and data/b stay one file');
+            await assert.rejects(lstat(join(dir, 'bin/vi')));
+          });
+        } finally {
+          await sn.remove('chain-check');
+        }
+        // unpack then finds every chain snapshot and applies nothing
+        const statuses: string[] = [];
+        await unpack(c2, img.manifestDesc, { progress: (p) => statuses.push(p.status) });
+        assert.deepEqual(statuses, ['exists', 'exists', 'exists', 'exists']);
+      } finally {
+        c2.leases.delete(img.lease);
+      }
+    } finally {
+      await c2.close();
+    }
   });
 
   void test('local exporter copies the tree (modes, owners, hard links, xattrs, fifo)', async () => {

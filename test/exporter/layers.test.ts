@@ -4,8 +4,9 @@
  * generic walk; a base image made by unpack reuses its image layer blob
  * (same diff ID and digest, nothing recomputed, its chain snapshot kept);
  * Docker media types; an empty result; history made consistent with the
- * layers when the frontend's history has too many or too few entries; and
- * `-o` parsing with errors that name the bad key.
+ * layers when the frontend's history has too many or too few entries;
+ * `-o` parsing with errors that name the bad key; the default layer
+ * compression of a set of outputs.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -20,6 +21,7 @@ import { type Core, openCore } from '../../src/core/metadata/index.ts';
 import { setTempMountRoot } from '../../src/core/mount/mount.ts';
 import {
   buildImage,
+  defaultCompression,
   parseOutputSpec,
   type SnapshotLayer,
   snapshotLayers,
@@ -216,6 +218,18 @@ void describe('parseOutputSpec', () => {
     assert.deepEqual(parseOutputSpec('outdir'), { type: 'local', dest: 'outdir', names: [] });
     assert.equal(sourceDateEpochFrom('1700000000'), 1700000000);
     assert.equal(sourceDateEpochFrom(''), undefined);
+  });
+
+  void test('default layer compression: none for the store and docker tars, gzip once one output needs it', () => {
+    const d = (...specs: string[]): string => defaultCompression(specs.map((x) => parseOutputSpec(x)));
+    assert.equal(d('type=image,name=a'), 'none');
+    assert.equal(d('type=docker,dest=x.tar'), 'none');
+    assert.equal(d('type=image,name=a', 'type=docker,dest=x.tar', 'out'), 'none');
+    assert.equal(d('type=image,name=a,push=true'), 'gzip');
+    assert.equal(d('type=registry,name=r/a'), 'gzip');
+    assert.equal(d('type=image,name=a', 'type=oci,dest=x.tar'), 'gzip');
+    // an explicit compression does not decide for the others
+    assert.equal(d('type=image,name=a', 'type=oci,dest=x.tar,compression=zstd'), 'none');
   });
 
   void test('errors name the bad key or value', () => {

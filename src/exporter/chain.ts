@@ -1,0 +1,129 @@
+/**
+ * Chain snapshots of a built image made from the build's own snapshots, so
+ * the image exporter's unpack (../core/images/unpack.ts) does not apply
+ * layer tars the build already has as trees: `chainFromBuild(core, img,
+ * opts)`.
+ *
+ * The image store wants layer n of an image as the committed snapshot named
+ * by its chain ID (what `kiln run` and later builds FROM the image use).
+ * For a layer Kiln computed from build snapshot S (SnapshotLayer.snapshot),
+ * the layer is the overlay upper directory of S itself (the overlay fast
+ * path of ./layers.ts): so, with the `overlayfs` driver, the chain snapshot
+ * is `prepare(chainID[n-1])` + a copy of S's own directory into the new
+ * upper directory (`cp -a --reflink=auto`: modes, owners, times, xattrs,
+ * overlay whiteouts and opaque markers, hard links within the layer) +
+ * `commit(chainID[n])` with the labels unpack writes
+ * (`containerd.io/snapshot.ref`, `containerd.io/uncompressed`). That is the
+ * tree applying the layer would give, without writing, reading and parsing
+ * a tar, and through no overlay mount.
+ *
+ * Done from the bottom up, stopping at the first layer it cannot make
+ * (those and the ones above are left to unpack): only `overlayfs`; not for
+ * a layer reused from an unpacked image; not with SOURCE_DATE_EPOCH (the layer's mtimes
+ * are clamped, the tree's are not). Snapshots are held by `lease`. Returns
+ * the number of chain snapshots made.
+ */
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { promisify } from 'node:util';
+import type { Digest } from '../core/digest.ts';
+import { isKilnError, wrap } from '../core/errors.ts';
+import { chainIDs } from '../core/images/unpack.ts';
+import type { Core } from '../core/metadata/index.ts';
+import { splitLowerdir } from '../core/mount/mount.ts';
+import type { Mount } from '../core/snapshots/types.ts';
+import type { BuiltImage } from './image.ts';
+
+const execFileP = promisify(execFile);
+const LABEL_SNAPSHOT_REF = 'containerd.io/snapshot.ref';
+const LABEL_UNCOMPRESSED = 'containerd.io/uncompressed';
+
+export interface ChainOptions {
+  lease: string;
+  sourceDateEpoch?: number;
+  signal?: AbortSignal;
+}
+
+function unescapeOverlay(value: string): string {
+  return value.replace(/\\(.)/g, '$1');
+}
+
+/** The snapshot's own directory from the mounts of a view of it (bind source or first lowerdir). */
+function ownDir(view: Mount[]): string | undefined {
+  if (view.length !== 1) return undefined;
+  const m = view[0]!;
+  if (m.type === 'bind') return m.source;
+  if (m.type !== 'overlay') return undefined;
+  const lo = m.options.find((o) => o.startsWith('lowerdir='));
+  if (!lo || m.options.some((o) => o.startsWith('lowerdir+='))) return undefined;
+  return splitLowerdir(lo.slice('lowerdir='.length)).find((d) => d !== '');
+}
+
+/** The directory an active snapshot writes to: the upperdir of its overlay, or its bind mount's source (no parent). */
+function upperDir(active: Mount[]): string | undefined {
+  if (active.length !== 1) return undefined;
+  if (active[0]!.type === 'bind') return active[0]!.source;
+  if (active[0]!.type !== 'overlay') return undefined;
+  const up = active[0]!.options.find((o) => o.startsWith('upperdir='));
+  return up === undefined ? undefined : unescapeOverlay(up.slice('upperdir='.length));
+}
+
+async function exists(sn: { stat(name: string): Promise<unknown> }, name: string): Promise<boolean> {
+  try {
+    await sn.stat(name);
+    return true;
+  } catch (err) {
+    if (isKilnError(err, 'NotFound')) return false;
+    throw err;
+  }
+}
+
+/** Makes the image's missing chain snapshots from the build snapshots (see the module comment). */
+export async function chainFromBuild(core: Core, img: BuiltImage, opts: ChainOptions): Promise<number> {
+  if (img.snapshotter !== 'overlayfs' || opts.sourceDateEpoch !== undefined) return 0;
+  const sn = (await core.snapshotter(img.snapshotter)).withLease(opts.lease);
+  const chain = chainIDs(img.layers.map((l) => l.diffID));
+  let made = 0;
+  for (let i = 0; i < img.layers.length; i++) {
+    opts.signal?.throwIfAborted();
+    const chainID = chain[i]!;
+    if (await exists(sn, chainID)) {
+      core.leases.addResource(opts.lease, { type: `snapshots/${sn.name}`, id: chainID });
+      continue;
+    }
+    const layer = img.layers[i]!;
+    if (layer.source === 'unpacked') break;
+    const tag = randomBytes(6).toString('hex');
+    const viewKey = `export-chain-${tag}-view`;
+    const key = `extract-${tag} ${chainID}`;
+    let committed = false;
+    let made1 = false;
+    try {
+      const src = ownDir(await sn.view(viewKey, layer.snapshot));
+      const active = await sn.prepare(key, i === 0 ? undefined : (chain[i - 1] as Digest), {
+        labels: { [LABEL_SNAPSHOT_REF]: chainID },
+      });
+      const dst = upperDir(active);
+      if (src === undefined || dst === undefined) break;
+      await execFileP('cp', ['-a', '--reflink=auto', '--no-target-directory', `${src}/.`, dst], {
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      });
+      try {
+        await sn.commit(chainID, key, {
+          labels: { [LABEL_SNAPSHOT_REF]: chainID, [LABEL_UNCOMPRESSED]: layer.diffID },
+        });
+        made1 = true;
+      } catch (err) {
+        if (!isKilnError(err, 'AlreadyExists')) throw err; // a concurrent unpack won
+      }
+      committed = true;
+    } catch (err) {
+      throw wrap(err, `make chain snapshot ${chainID} from build snapshot "${layer.snapshot}"`);
+    } finally {
+      if (!committed) await sn.remove(key).catch(() => {});
+      await sn.remove(viewKey).catch(() => {});
+    }
+    if (made1) made++;
+  }
+  return made;
+}
