@@ -29,7 +29,9 @@
  *
  * Cache map: the op digest; an input read only as a copy source gets a
  * content-based dep whose selector is the copied path(s), so changes
- * elsewhere in that input do not invalidate the op.
+ * elsewhere in that input do not invalidate the op. For the whole tree
+ * (`/`) of a local-source snapshot, the dep is the context checksum its
+ * source computed (localsync.ts `localContentDigest`), not a re-read.
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -47,6 +49,7 @@ import type { CacheMap, CacheMapDep, Op, OpContext, Result } from '../solver/typ
 import { expandGlob, patternFilter } from './checksum.ts';
 import type { OpEnv } from './env.ts';
 import { copyEntry, lstatMaybe, mkdirAllInRoot, resolveInRoot, resolveOwner } from './fsutil.ts';
+import { localContentDigest } from './localsync.ts';
 import { hasGlob, PatternMatcher } from './patterns.ts';
 import { OpSession, type SnapshotRef, snapshotOf } from './refs.ts';
 import { unpackArchive } from './unpack.ts';
@@ -225,7 +228,15 @@ export class FileOp implements Op {
         const selector = srcs.length === 1 ? srcs[0] : JSON.stringify(srcs);
         deps.push({
           selector,
-          computeDigestFunc: (r, sel, signal) => this.#env.checksums.forResult(r, sel, signal),
+          computeDigestFunc: async (r, sel, signal) => {
+            // The whole of a local context: the checksum its source computed (localsync.ts).
+            if (sel === '/') {
+              const sn = await this.#env.core.snapshotter();
+              const local = await localContentDigest(sn, snapshotOf(r));
+              if (local !== undefined) return local;
+            }
+            return this.#env.checksums.forResult(r, sel, signal);
+          },
         });
       }
     }

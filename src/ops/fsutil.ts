@@ -12,14 +12,34 @@
  *   existing destination directory is merged into, any other existing
  *   destination is replaced. `filter(rel, isDir)` can skip paths. The
  *   entries of a directory are copied concurrently (COPY_CONCURRENCY), its
- *   own metadata is set after all of them.
+ *   own metadata is set after all of them. Cost per file: the bytes go
+ *   through the thread pool (one libuv copyfile: FICLONE, else
+ *   copy_file_range, with the source's owner, mode and times); the rest
+ *   (lstat, the metadata the copy lacks, xattrs) are synchronous syscalls,
+ *   and nothing is looked up in a directory the copy itself created.
  * - `resolveOwner(root, chown)`: a ChownOpt to numeric ids, names looked up
  *   in `root`'s /etc/passwd and /etc/group.
  *
  * Limits: sockets are skipped; xattrs that cannot be set (e.g. `trusted.*`
  * on some filesystems) are ignored, as are xattrs on symlinks.
  */
-import { constants, type BigIntStats, lstatSync, type Stats } from 'node:fs';
+import {
+  type BigIntStats,
+  chmodSync,
+  constants,
+  copyFileSync,
+  lchownSync,
+  linkSync,
+  lstatSync,
+  lutimesSync,
+  mkdirSync,
+  readdirSync,
+  readlinkSync,
+  rmSync,
+  type Stats,
+  statSync,
+  symlinkSync,
+} from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { errInvalidArgument, errNotFound, isErrno, wrap } from '../core/errors.ts';
@@ -76,27 +96,40 @@ function copyXattrs(src: string, dst: string): void {
   }
 }
 
-async function setMeta(dst: string, st: BigIntStats, opts: CopyOptions, isLink: boolean): Promise<void> {
+/**
+ * Owner, mode and times of a copied node, synchronously: each is one cheap
+ * syscall, far cheaper than a thread-pool round trip. `created` is the
+ * node's stat when it may already have some of them (a file copy: libuv
+ * gives the copy the source's owner, mode and times where it can); only
+ * what differs is set.
+ */
+function setMeta(
+  dst: string,
+  st: BigIntStats,
+  opts: CopyOptions,
+  isLink: boolean,
+  created?: BigIntStats,
+): void {
   const uid = opts.owner?.uid ?? Number(st.uid);
   const gid = opts.owner?.gid ?? Number(st.gid);
-  await fs.lchown(dst, uid, gid);
-  if (!isLink) {
-    const perm = opts.mode !== undefined ? opts.mode : Number(st.mode) & 0o7777;
-    await fs.chmod(dst, perm);
-  }
-  if (opts.timestamp !== undefined) await fs.lutimes(dst, opts.timestamp, opts.timestamp);
-  else lutimesNs(dst, st.atimeNs, st.mtimeNs);
+  const perm = opts.mode !== undefined ? opts.mode : Number(st.mode) & 0o7777;
+  const chown = created === undefined || Number(created.uid) !== uid || Number(created.gid) !== gid;
+  if (chown) lchownSync(dst, uid, gid);
+  // After a chown, which clears set-id bits.
+  if (!isLink && (chown || Number(created.mode & 0o7777n) !== perm)) chmodSync(dst, perm);
+  if (opts.timestamp !== undefined) lutimesSync(dst, opts.timestamp, opts.timestamp);
+  else if (created === undefined || created.mtimeNs !== st.mtimeNs || created.atimeNs !== st.atimeNs)
+    lutimesNs(dst, st.atimeNs, st.mtimeNs);
 }
 
-const noop = async (): Promise<void> => {};
-
 /**
- * Entries of one directory copied at once. A copy is a sequence of small
- * syscalls per entry (lstat, copy, chown, chmod, utimes, xattrs), each a
- * thread-pool round trip: copying siblings concurrently keeps the pool busy
- * instead of waiting on one entry at a time.
+ * Entries of one directory copied at once. Everything but the copy of a
+ * file's bytes is a synchronous syscall on the calling thread; the bytes go
+ * through the thread pool (copy_file_range, FICLONE first), so copying
+ * siblings concurrently keeps the pool busy on both the kernel's and the
+ * disk's side.
  */
-const COPY_CONCURRENCY = 8;
+const COPY_CONCURRENCY = 16;
 
 /** Copies of hard-linked files in flight, per `links` map (dev:ino → promise). */
 const copyingLinks = new WeakMap<Map<string, string>, Map<string, Promise<void>>>();
@@ -129,8 +162,7 @@ async function forEachLimit<T>(
 
 /**
  * Whether something exists at `p` (not following a last symlink), without
- * the cost of a thrown ENOENT: a copy asks this of every destination path,
- * which is almost always absent.
+ * the cost of a thrown ENOENT.
  */
 function lstatQuiet(p: string): Stats | undefined {
   try {
@@ -141,53 +173,74 @@ function lstatQuiet(p: string): Stats | undefined {
   }
 }
 
+/** The destination directory an entry is copied into, made on first need. */
+interface DestDir {
+  /** Makes sure the directory (and its parents) exist. */
+  ensure(): void;
+  /** Made by this copy: nothing is in it that the copy did not put there. */
+  readonly fresh: boolean;
+}
+
+const EXISTING_DIR: DestDir = { ensure() {}, fresh: false };
+
 /**
  * Copies `src` to `dst` (see the module comment). Returns whether anything
- * was created (false when the filter selected nothing).
+ * was created (false when the filter selected nothing). `rel` is `src`'s
+ * path relative to the copy's top as the filter sees it ('' for the top).
  */
-export async function copyEntry(
+export async function copyEntry(src: string, dst: string, opts: CopyOptions, rel = ''): Promise<boolean> {
+  return copyNode(src, dst, opts, rel, EXISTING_DIR);
+}
+
+async function copyNode(
   src: string,
   dst: string,
   opts: CopyOptions,
-  rel = '',
-  ensureParent: () => Promise<void> = noop,
+  rel: string,
+  parent: DestDir,
 ): Promise<boolean> {
   opts.signal?.throwIfAborted();
-  let st = await fs.lstat(src, { bigint: true });
-  if (st.isSymbolicLink() && rel === '' && opts.followTop) st = await fs.stat(src, { bigint: true });
+  let st = lstatSync(src, { bigint: true });
+  if (st.isSymbolicLink() && rel === '' && opts.followTop) st = statSync(src, { bigint: true });
   const isDir = st.isDirectory();
   const selected = !opts.filter || opts.filter(rel, isDir);
   if (isDir) {
     if (!selected && !(opts.descend?.(rel) ?? false)) return false;
-    // Memoized: children copied concurrently may all ask for it at once.
-    let made: Promise<void> | undefined;
-    const ensureSelf = (): Promise<void> =>
-      (made ??= (async () => {
-        await ensureParent();
-        const existing = lstatQuiet(dst);
+    let made = false;
+    let fresh = false;
+    const self: DestDir = {
+      ensure() {
+        if (made) return;
+        parent.ensure();
+        const existing = parent.fresh ? undefined : lstatQuiet(dst);
         if (!existing?.isDirectory()) {
-          if (existing) await fs.rm(dst, { recursive: true, force: true });
-          await fs.mkdir(dst);
+          if (existing) rmSync(dst, { recursive: true, force: true });
+          mkdirSync(dst);
+          fresh = true;
         }
-      })());
-    if (selected) await ensureSelf();
-    await forEachLimit((await fs.readdir(src)).sort(), COPY_CONCURRENCY, (name) => {
+        made = true;
+      },
+      get fresh() {
+        return fresh;
+      },
+    };
+    if (selected) self.ensure();
+    await forEachLimit(readdirSync(src).sort(), COPY_CONCURRENCY, (name) => {
       const childRel = rel === '' ? name : `${rel}/${name}`;
-      return copyEntry(path.join(src, name), path.join(dst, name), opts, childRel, ensureSelf);
+      return copyNode(path.join(src, name), path.join(dst, name), opts, childRel, self);
     });
     if (!made) return false;
-    await made;
-    await setMeta(dst, st, opts, false);
+    setMeta(dst, st, opts, false);
     copyXattrs(src, dst);
     return true;
   }
   if (!selected) return false;
   if (st.isSocket()) return false;
-  await ensureParent();
-  if (lstatQuiet(dst)) await fs.rm(dst, { recursive: true, force: true });
+  parent.ensure();
+  if (!parent.fresh && lstatQuiet(dst)) rmSync(dst, { recursive: true, force: true });
   if (st.isSymbolicLink()) {
-    await fs.symlink(await fs.readlink(src), dst);
-    await setMeta(dst, st, opts, true);
+    symlinkSync(readlinkSync(src), dst);
+    setMeta(dst, st, opts, true);
     return true;
   }
   if (st.isFile()) {
@@ -203,10 +256,10 @@ export async function copyEntry(
       for (let p = pending.get(key); p; p = pending.get(key)) await p.catch(() => {});
       const linked = links.get(key);
       if (linked !== undefined) {
-        await fs.link(linked, dst);
+        linkSync(linked, dst);
         return true;
       }
-      const copying = fs.copyFile(src, dst, constants.COPYFILE_FICLONE).then(() => {
+      const copying = copyBytes(src, dst, st).then(() => {
         links.set(key, dst);
       });
       pending.set(key, copying);
@@ -215,7 +268,10 @@ export async function copyEntry(
       } finally {
         pending.delete(key);
       }
-    } else await fs.copyFile(src, dst, constants.COPYFILE_FICLONE);
+    } else await copyBytes(src, dst, st);
+    setMeta(dst, st, opts, false, lstatSync(dst, { bigint: true }));
+    copyXattrs(src, dst);
+    return true;
   } else if (st.isFIFO()) {
     native().mknod(dst, 0o010000 | (Number(st.mode) & 0o7777), 0, 0);
   } else {
@@ -225,9 +281,19 @@ export async function copyEntry(
     const type = st.isCharacterDevice() ? 0o020000 : 0o060000;
     native().mknod(dst, type | (Number(st.mode) & 0o7777), major, minor);
   }
-  await setMeta(dst, st, opts, false);
+  setMeta(dst, st, opts, false);
   copyXattrs(src, dst);
   return true;
+}
+
+/**
+ * A regular file's bytes (libuv copyfile: open, FICLONE, else
+ * copy_file_range) through the thread pool; an empty file on the calling
+ * thread, where the round trip would cost more than the copy.
+ */
+async function copyBytes(src: string, dst: string, st: BigIntStats): Promise<void> {
+  if (st.size === 0n) copyFileSync(src, dst, constants.COPYFILE_FICLONE);
+  else await fs.copyFile(src, dst, constants.COPYFILE_FICLONE);
 }
 
 /** Numeric owner for a ChownOpt, names resolved in `root`'s user databases. */

@@ -167,10 +167,16 @@ export class OpSession {
     await rmdir(dir).catch(() => {});
   }
 
-  /** Commits an active snapshot as a result (gc root) and returns a new handle on it. */
-  async commitResult(key: string, vertexDigest: string): Promise<SnapshotRef> {
+  /** Commits an active snapshot as a result (gc root, plus `labels`) and returns a new handle on it. */
+  async commitResult(
+    key: string,
+    vertexDigest: string,
+    labels: Record<string, string> = {},
+  ): Promise<SnapshotRef> {
     const name = randomName(RESULT_PREFIX);
-    await this.sn.commit(name, key, { labels: { [LABEL_GC_ROOT]: 'kiln', [LABEL_RESULT]: vertexDigest } });
+    await this.sn.commit(name, key, {
+      labels: { ...labels, [LABEL_GC_ROOT]: 'kiln', [LABEL_RESULT]: vertexDigest },
+    });
     this.#created.delete(key);
     return new SnapshotRef(name);
   }

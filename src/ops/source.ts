@@ -13,7 +13,11 @@
  *   cache hit and a changed one is not. File hashes are cached by path, size,
  *   mtime, ctime and inode in `<stateDir>/local-checksums.json` (see
  *   hashcache.ts: rewritten only when an entry changed), so an unchanged
- *   tree is walked (lstat) but not re-read.
+ *   tree is walked (lstat) but not re-read. The snapshot is made
+ *   incrementally (localsync.ts): on the overlayfs driver a child of the
+ *   previous snapshot of the same local source receives only what changed,
+ *   up to MAX_LOCAL_DEPTH increments, then a full copy again. The snapshot
+ *   is labelled with the context's checksum (see localContentDigest).
  * - `git://remote#ref`: the `git` CLI; the ref is resolved with
  *   `git ls-remote` (a 40-hex ref is used as is) and the commit is part of the
  *   cache digest; the checkout is a shallow fetch of that commit;
@@ -30,7 +34,15 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { sha256 } from '../core/digest.ts';
-import { errDataLoss, errInvalidArgument, errNotFound, errUnavailable, wrap } from '../core/errors.ts';
+import {
+  errDataLoss,
+  errInvalidArgument,
+  errNotFound,
+  errUnavailable,
+  isKilnError,
+  wrap,
+} from '../core/errors.ts';
+import type { Mount } from '../core/mount/mount.ts';
 import type { Platform, SourceOp as SourceOpPb } from '../gen/kiln/llb/v1/llb_pb.ts';
 import { ATTR } from '../llb/source.ts';
 import type { CacheMap, Op, OpContext, Result } from '../solver/types.ts';
@@ -39,9 +51,32 @@ import type { OpEnv } from './env.ts';
 import { copyEntry, lstatMaybe } from './fsutil.ts';
 import { hashCacheFor } from './hashcache.ts';
 import { PatternMatcher } from './patterns.ts';
+import {
+  findLocalBase,
+  LABEL_LOCAL_CHECKSUM,
+  LABEL_LOCAL_DEPTH,
+  LABEL_LOCAL_KEY,
+  localSharedKey,
+  MAX_LOCAL_DEPTH,
+  syncTree,
+} from './localsync.ts';
 import { ensureEmptySnapshot, OpSession, SnapshotRef } from './refs.ts';
 
 const execFileAsync = promisify(execFile);
+
+/** Syncs of one local source (by state directory and shared key) run one at a time in a process. */
+const localSyncs = new Map<string, Promise<unknown>>();
+
+async function serialized<T>(key: string, fn: () => Promise<T>): Promise<T> {
+  const prev = localSyncs.get(key);
+  const run = (prev ?? Promise.resolve()).catch(() => {}).then(fn);
+  localSyncs.set(key, run);
+  try {
+    return await run;
+  } finally {
+    if (localSyncs.get(key) === run) localSyncs.delete(key);
+  }
+}
 
 function jsonList(v: string | undefined): string[] {
   return v ? (JSON.parse(v) as string[]) : [];
@@ -99,6 +134,8 @@ export class SourceOp implements Op {
   #httpFile: Promise<{ file: string; digest: string }> | undefined;
   #gitCommit: string | undefined;
   #image: { snapshot: string } | undefined;
+  /** The local context's content checksum, from the cache map. */
+  #localSum: string | undefined;
 
   constructor(env: OpEnv, op: SourceOpPb, digest: string, platform: Platform | undefined) {
     this.#env = env;
@@ -128,6 +165,7 @@ export class SourceOp implements Op {
           descend: spec.descend,
         });
         await cache.save();
+        this.#localSum = sum;
         return { digest: sha256(`${this.#digest}\0${sum}`), deps: [] };
       }
       case 'docker-image': {
@@ -159,14 +197,12 @@ export class SourceOp implements Op {
       const snap = this.#image!.snapshot || (await ensureEmptySnapshot(await this.#env.core.snapshotter()));
       return [new SnapshotRef(snap)];
     }
+    if (this.scheme === 'local') return [await this.#syncLocal(ctx.signal)];
     const session = await OpSession.open(this.#env.core, `source ${this.#op.identifier}`);
     try {
       const { key, mounts } = await session.prepare('');
       const dir = await session.mount(mounts);
       switch (this.scheme) {
-        case 'local':
-          await this.#copyLocal(dir, ctx.signal);
-          break;
         case 'git':
           await this.#checkoutGit(dir, ctx.signal);
           break;
@@ -184,17 +220,49 @@ export class SourceOp implements Op {
     }
   }
 
-  async #copyLocal(target: string, signal: AbortSignal): Promise<void> {
-    const spec = await localSpec(this.#env, this.rest, this.#op.attrs);
-    const links = new Map<string, string>();
-    for (const name of (await fs.readdir(spec.dir)).sort()) {
-      await copyEntry(path.join(spec.dir, name), path.join(target, name), {
-        filter: (rel, isDir) => spec.filter(rel === '' ? name : `${name}/${rel}`, isDir),
-        descend: (rel) => spec.descend(rel === '' ? name : `${name}/${rel}`),
-        links,
-        signal,
-      });
-    }
+  /**
+   * The local source's snapshot: a child of the previous snapshot of the same
+   * local source (found by label, see localsync.ts) that receives only what
+   * changed, or a full copy when there is none, the chain is MAX_LOCAL_DEPTH
+   * long, or the snapshotter does not stack (native: a child is a copy of
+   * its parent, so a fresh copy of the context costs no more).
+   */
+  async #syncLocal(signal: AbortSignal): Promise<SnapshotRef> {
+    const attrs = this.#op.attrs;
+    const spec = await localSpec(this.#env, this.rest, attrs);
+    const shared = localSharedKey({
+      name: this.rest,
+      dir: await fs.realpath(spec.dir),
+      include: attrs[ATTR.localInclude],
+      exclude: attrs[ATTR.localExclude],
+      followPaths: attrs[ATTR.localFollowPaths],
+    });
+    return serialized(`${this.#env.stateDir}\0${shared}`, async () => {
+      const session = await OpSession.open(this.#env.core, `source ${this.#op.identifier}`);
+      try {
+        const found = session.sn.name === 'overlayfs' ? await findLocalBase(session.sn, shared) : undefined;
+        let base = found && found.depth < MAX_LOCAL_DEPTH ? found : undefined;
+        let prepared: { key: string; mounts: Mount[] };
+        try {
+          prepared = await session.prepare(base?.name ?? '');
+        } catch (err) {
+          // The base was pruned since it was found: a full copy then.
+          if (!base || !isKilnError(err, 'NotFound')) throw err;
+          base = undefined;
+          prepared = await session.prepare('');
+        }
+        const dir = await session.mount(prepared.mounts);
+        await syncTree(spec, dir, { signal });
+        await session.unmount(dir);
+        return await session.commitResult(prepared.key, this.#digest, {
+          [LABEL_LOCAL_KEY]: shared,
+          [LABEL_LOCAL_DEPTH]: String(base ? base.depth + 1 : 0),
+          ...(this.#localSum !== undefined ? { [LABEL_LOCAL_CHECKSUM]: this.#localSum } : {}),
+        });
+      } finally {
+        await session.close();
+      }
+    });
   }
 
   #gitUrl(): { url: string; ref: string } {

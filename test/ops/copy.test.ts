@@ -1,7 +1,8 @@
 /**
  * copyEntry with concurrent sibling copies: hard links to one inode spread
  * over directories stay one inode, directory timestamps and modes are set
- * after their children, a filter still applies.
+ * after their children, a filter still applies; owners, set-id bits and
+ * nanosecond mtimes survive, also into a set-group-id directory.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
@@ -82,4 +83,44 @@ test('a filtered concurrent copy creates only selected entries and their parents
     false,
   );
   await assert.rejects(fs.stat(path.join(dir, 'none')), /ENOENT/);
+});
+
+test('owners and set-id bits survive the copy, also into a set-group-id directory and with overrides', async () => {
+  const src = path.join(dir, 'osrc');
+  await fs.mkdir(path.join(src, 'sub'), { recursive: true });
+  await fs.writeFile(path.join(src, 'root-file'), 'r');
+  await fs.writeFile(path.join(src, 'suid'), 's');
+  await fs.chmod(path.join(src, 'suid'), 0o4755);
+  await fs.writeFile(path.join(src, 'sub', 'user-file'), 'u');
+  await fs.chown(path.join(src, 'sub', 'user-file'), 1000, 1002);
+  await fs.chmod(path.join(src, 'sub', 'user-file'), 0o2750);
+  await fs.symlink('root-file', path.join(src, 'link'));
+  await fs.lchown(path.join(src, 'link'), 1003, 1004);
+  await fs.utimes(path.join(src, 'root-file'), 1_600_000_000.123456, 1_600_000_000.123456);
+
+  // Into a set-group-id directory of group 1234: new nodes would get group 1234, the copy must not.
+  const parent = path.join(dir, 'sgid-parent');
+  await fs.mkdir(parent);
+  await fs.chown(parent, 0, 1234);
+  await fs.chmod(parent, 0o2775);
+  const dst = path.join(parent, 'dst');
+  await copyEntry(src, dst, { links: new Map() });
+  const st = async (p: string) => fs.lstat(path.join(dst, p), { bigint: true });
+  const srcSt = async (p: string) => fs.lstat(path.join(src, p), { bigint: true });
+  for (const p of ['', 'root-file', 'suid', 'sub', 'sub/user-file', 'link']) {
+    const [a, b] = [await srcSt(p), await st(p)];
+    assert.equal(`${b.uid}:${b.gid}`, `${a.uid}:${a.gid}`, `owner of "${p}"`);
+    if (!a.isSymbolicLink()) assert.equal(b.mode, a.mode, `mode of "${p}"`);
+    assert.equal(b.mtimeNs, a.mtimeNs, `mtime of "${p}"`);
+  }
+
+  // Overrides: every node gets the owner, every non-link the mode.
+  const dst2 = path.join(dir, 'odst2');
+  await copyEntry(src, dst2, { links: new Map(), owner: { uid: 7, gid: 8 }, mode: 0o640 });
+  for (const p of ['root-file', 'suid', 'sub/user-file']) {
+    const b = await fs.lstat(path.join(dst2, p));
+    assert.equal(`${b.uid}:${b.gid}:${(b.mode & 0o7777).toString(8)}`, '7:8:640', p);
+  }
+  const l = await fs.lstat(path.join(dst2, 'link'));
+  assert.equal(`${l.uid}:${l.gid}`, '7:8');
 });
