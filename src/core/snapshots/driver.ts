@@ -168,7 +168,11 @@ export abstract class DirSnapshotter implements Snapshotter {
     this.check();
     const rec = this.ms.mustGet(key, 'usage');
     if (rec.usage) return rec.usage;
-    return diskUsage(this.fsDir(rec.id));
+    const usage = await diskUsage(this.fsDir(rec.id));
+    // A committed snapshot never changes: measure it once, on first demand (not at commit,
+    // where a 20,000-file layer cost ~0.8 s of CPU per build step).
+    if (rec.kind === 'committed' && this.ms.get(key)?.id === rec.id) this.ms.setUsage(rec.id, usage);
+    return usage;
   }
 
   async mounts(key: string): Promise<Mount[]> {
@@ -235,9 +239,7 @@ export abstract class DirSnapshotter implements Snapshotter {
     if (rec.kind !== 'active')
       throw errFailedPrecondition(`${action}: snapshot "${key}" is ${rec.kind}, not active`);
     if (this.ms.get(name)) throw errAlreadyExists(`${action}: snapshot "${name}" already exists`);
-    const usage = await diskUsage(this.fsDir(rec.id));
-    this.check();
-    this.ms.commit(key, name, usage, options?.labels);
+    this.ms.commit(key, name, undefined, options?.labels);
   }
 
   async remove(key: string): Promise<void> {

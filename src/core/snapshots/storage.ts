@@ -244,8 +244,8 @@ export class MetaStore {
     });
   }
 
-  /** Turns active `key` into committed `name`, keeping its id. */
-  commit(key: string, name: string, usage: Usage, labels?: Labels): SnapshotRecord {
+  /** Turns active `key` into committed `name`, keeping its id; `usage` may be measured later (setUsage). */
+  commit(key: string, name: string, usage: Usage | undefined, labels?: Labels): SnapshotRecord {
     const action = `commit "${key}" as "${name}"`;
     checkKey(name, action);
     const l = checkLabels(labels, action);
@@ -261,9 +261,16 @@ export class MetaStore {
           `UPDATE snapshots SET key = ?, kind = 'committed', labels = ?, created = ?, updated = ?, size = ?,
            inodes = ? WHERE id = ?`,
         )
-        .run(name, JSON.stringify(l), now, now, usage.size, usage.inodes, rec.id);
+        .run(name, JSON.stringify(l), now, now, usage?.size ?? null, usage?.inodes ?? null, rec.id);
       return this.byId(rec.id)!;
     });
+  }
+
+  /** Records the measured usage of committed snapshot `id` (immutable, so measured once). */
+  setUsage(id: number, usage: Usage): void {
+    this.#db
+      .prepare(`UPDATE snapshots SET size = ?, inodes = ? WHERE id = ? AND kind = 'committed'`)
+      .run(usage.size, usage.inodes, id);
   }
 
   /** Deletes the record of `key`; refused while it has children. */
