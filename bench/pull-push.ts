@@ -14,7 +14,10 @@
  *   repository) against `docker push` of the pulled image (which mounts too).
  *
  * Ratios are other / Kiln (> 1 means Kiln is faster). Kiln runs in-process
- * (no CLI start-up); skopeo and docker are processes. Writes
+ * (no CLI start-up); skopeo and docker are processes. Kiln fsyncs every blob
+ * it stores (crash safety); skopeo's oci: destination and docker do not
+ * fsync layers. The 1-minute load average is recorded at each measurement
+ * (the machine is shared). Writes
  * bench/results/pull-push.json and .md. Run: `npx node bench/pull-push.ts`
  * (env KILN_BENCH_RUNS, KILN_BENCH_LAYER_MB).
  */
@@ -73,6 +76,8 @@ interface Timing {
   wall: number;
   /** CPU seconds of the measured side (Kiln's process, or the child's), undefined when not measurable. */
   cpu: number | undefined;
+  /** 1-minute load average when the measurement ended. */
+  load?: number;
 }
 
 /** Times `fn`: a number it returns is a child's CPU seconds; otherwise this process's CPU use is measured. */
@@ -209,6 +214,7 @@ async function startRegistry(dir: string): Promise<{ host: string; stop(): Promi
 interface Row {
   what: string;
   runs: number[];
+  loads: number[];
   median: number;
   cpuRuns: number[];
   cpuMedian: number | undefined;
@@ -222,8 +228,11 @@ async function main(): Promise<void> {
   const reg = await startRegistry(join(work, 'reg'));
   const rows = new Map<string, Timing[]>();
   const add = (what: string, t: Timing): void => {
-    rows.set(what, [...(rows.get(what) ?? []), t]);
-    process.stderr.write(`${what}: ${t.wall.toFixed(2)} s (cpu ${t.cpu?.toFixed(2) ?? 'n/a'})\n`);
+    const load = os.loadavg()[0]!;
+    rows.set(what, [...(rows.get(what) ?? []), { ...t, load }]);
+    process.stderr.write(
+      `${what}: ${t.wall.toFixed(2)} s (cpu ${t.cpu?.toFixed(2) ?? 'n/a'}, load ${load.toFixed(1)})\n`,
+    );
   };
   try {
     const layout = join(work, 'layout');
@@ -321,6 +330,7 @@ async function main(): Promise<void> {
       return {
         what,
         runs,
+        loads: ts.map((t) => t.load ?? Number.NaN),
         median: median(runs),
         cpuRuns,
         cpuMedian: cpuRuns.length ? median(cpuRuns) : undefined,
@@ -407,11 +417,11 @@ async function main(): Promise<void> {
       "CPU seconds: Kiln's whole process (incl. its thread pool) and skopeo's process; docker's work happens in dockerd",
       "and is not measured (n/a). The registry's own CPU is in neither. On a loaded machine CPU time is the steadier figure.",
       '',
-      '| what | median wall s | wall runs | median CPU s |',
-      '|------|---------:|------|------:|',
+      '| what | median wall s | wall runs | median CPU s | load at runs |',
+      '|------|---------:|------|------:|------|',
       ...table.map(
         (r) =>
-          `| ${r.what} | ${r.median.toFixed(2)} | ${r.runs.map((x) => x.toFixed(2)).join(', ')} | ${r.cpuMedian?.toFixed(2) ?? 'n/a'} |`,
+          `| ${r.what} | ${r.median.toFixed(2)} | ${r.runs.map((x) => x.toFixed(2)).join(', ')} | ${r.cpuMedian?.toFixed(2) ?? 'n/a'} | ${r.loads.map((x) => x.toFixed(1)).join(', ')} |`,
       ),
       '',
       '| ratio (other / Kiln; > 1 means Kiln is faster or uses less CPU) | value |',

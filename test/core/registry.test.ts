@@ -524,6 +524,55 @@ void describe('distribution client against docker-registry', () => {
     }
   });
 
+  void test('fetchToWriter writes in large batches; a failing write stops the download and is reported', async () => {
+    // ~5 MiB of incompressible bytes: several 1 MiB write batches
+    const huge = await makeImage(root, { 'data/huge.bin': randomBytes(5 << 20) });
+    const r = new Resolver(fast);
+    await r.pusher(`${reg.host}/src/img:v1`).pushBlob(huge.layerDesc, huge.layer);
+    const f = r.fetcher(`${reg.host}/src/img:v1`);
+    const store = new LocalContentStore(join(root, 'content-batches'));
+    const w = await store.writer({
+      ref: 'batches',
+      total: huge.layerDesc.size,
+      expected: huge.layerDesc.digest,
+    });
+    const sizes: number[] = [];
+    const write = w.write.bind(w);
+    Object.defineProperty(w, 'write', {
+      value: (chunk: Uint8Array) => {
+        sizes.push(chunk.byteLength);
+        return write(chunk);
+      },
+    });
+    const seen: number[] = [];
+    const got = await f.fetchToWriter(huge.layerDesc, w, { progress: (o) => seen.push(o) });
+    assert.equal(got, huge.layerDesc.size);
+    assert.equal((await store.info(huge.layerDesc.digest)).size, huge.layerDesc.size);
+    assert.equal(sizes.length, Math.ceil(huge.layerDesc.size / (1 << 20)), JSON.stringify(sizes));
+    assert.ok(
+      sizes.slice(0, -1).every((n) => n === 1 << 20),
+      JSON.stringify(sizes),
+    );
+    assert.equal(seen.at(-1), huge.layerDesc.size);
+
+    // a writer whose second write fails: the error comes out, the rest is not written
+    let writes = 0;
+    const failing = {
+      ref: 'failing',
+      offset: 0,
+      write: async (chunk: Uint8Array): Promise<void> => {
+        if (++writes === 2) throw new Error('disk full (test)');
+        failing.offset += chunk.byteLength;
+      },
+      digest: () => sha256(''),
+      commit: async () => sha256(''),
+      close: async () => {},
+    };
+    await assert.rejects(f.fetchToWriter(huge.layerDesc, failing), /disk full \(test\)/);
+    assert.equal(writes, 2);
+    assert.equal(failing.offset, 1 << 20);
+  });
+
   void test('404 from the real registry names reference, path and status', async () => {
     const r = new Resolver(fast);
     await assert.rejects(r.resolve(`${reg.host}/src/img:nope`), (e) =>

@@ -5,7 +5,10 @@
  * (`--registry-config FILE`, default `<root>/registries.json` when present):
  * `{"insecure": ["host:port"], "mirrors": {"docker.io": ["mirror:5000"]}}`.
  * Credentials come from the docker config (`$DOCKER_CONFIG/config.json` or
- * `~/.docker/config.json`). Extra CAs: Node's `NODE_EXTRA_CA_CERTS`.
+ * `~/.docker/config.json`). TLS per registry (docker's certs.d layout:
+ * `<dir>/<host[:port]>/*.crt` CA roots, `*.cert` + `*.key` client
+ * certificate): `--certs-dir DIR` (repeatable), else `<root>/certs.d` then
+ * `/etc/docker/certs.d`; CAs for every host: Node's `NODE_EXTRA_CA_CERTS`.
  * Progress goes to standard error (one line per blob state change), results
  * to standard output.
  */
@@ -26,7 +29,12 @@ import {
   parseManifest,
 } from '../../core/images/types.ts';
 import type { Core } from '../../core/metadata/index.ts';
-import { Authorizer, dockerConfigCredentials, type RemoteOptions } from '../../core/remotes/index.ts';
+import {
+  Authorizer,
+  defaultCertsDirs,
+  dockerConfigCredentials,
+  type RemoteOptions,
+} from '../../core/remotes/index.ts';
 import type { CliContext } from '../context.ts';
 import { age, collect, humanSize, printJson, table } from '../format.ts';
 
@@ -38,6 +46,7 @@ interface RegistryFile {
 interface RegistryOpts {
   insecureRegistry?: string[];
   registryConfig?: string;
+  certsDir?: string[];
 }
 
 async function registrySettings(
@@ -56,6 +65,7 @@ async function registrySettings(
   const remote: RemoteOptions = {
     insecure: [...(cfg.insecure ?? []), ...(opts.insecureRegistry ?? [])],
     authorizer: new Authorizer({ credentials: dockerConfigCredentials() }),
+    certsDirs: opts.certsDir?.length ? opts.certsDir : defaultCertsDirs(ctx.globals().root),
   };
   return { remote, mirrors: cfg.mirrors ?? {} };
 }
@@ -90,6 +100,12 @@ function addRegistryOptions(cmd: Command): Command {
     .option(
       '--registry-config <file>',
       'registries file: {"insecure": [...], "mirrors": {"docker.io": [...]}}',
+    )
+    .option(
+      '--certs-dir <dir>',
+      'per-registry TLS files, <dir>/<host[:port]>/{*.crt,*.cert,*.key} (repeatable; ' +
+        'default <root>/certs.d, then /etc/docker/certs.d)',
+      collect,
     );
 }
 

@@ -15,13 +15,17 @@
  * the helper protocol (`docker-credential-<x> get`, server URL on stdin, JSON
  * `{Username, Secret}` on stdout), then `auths[host]` (`auth` = base64
  * "user:password", or `username`/`password`, or `identitytoken`).
- * Limits: no OAuth2 password grant; the token realm must be http(s).
+ * Token requests go through the HttpClient the caller passes (the
+ * registry transport's, so the realm gets the same per-host TLS files), else
+ * the Authorizer's own. Limits: no OAuth2 password grant; the token realm
+ * must be http(s).
  */
 import { spawn } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { errInvalidArgument, isErrno, KilnError } from '../errors.ts';
+import { HttpClient, type HttpResponse } from './http.ts';
 
 export interface Credentials {
   username?: string;
@@ -211,7 +215,8 @@ interface CachedToken {
 
 export interface AuthorizerOptions {
   credentials?: CredentialsFn;
-  fetch?: typeof fetch;
+  /** Client for token requests when a call does not pass one (default: a new one, docker's certs.d). */
+  http?: HttpClient;
   /** OAuth client id sent with refresh-token requests. */
   clientId?: string;
 }
@@ -219,7 +224,7 @@ export interface AuthorizerOptions {
 /** Per-process cache of challenges and tokens; one instance can serve many registries. */
 export class Authorizer {
   readonly #credentials: CredentialsFn;
-  readonly #fetch: typeof fetch;
+  #http: HttpClient | undefined;
   readonly #clientId: string;
   readonly #challenges = new Map<string, Challenge>();
   readonly #tokens = new Map<string, CachedToken>();
@@ -229,12 +234,15 @@ export class Authorizer {
 
   constructor(options: AuthorizerOptions = {}) {
     this.#credentials = options.credentials ?? (async () => undefined);
-    this.#fetch = options.fetch ?? fetch;
+    this.#http = options.http;
     this.#clientId = options.clientId ?? 'kiln';
   }
 
-  /** The Authorization header value to send to `host` for `scopes`, if any is known. */
-  async authorization(host: string, scopes: string[]): Promise<string | undefined> {
+  /**
+   * The Authorization header value to send to `host` for `scopes`, if any is
+   * known. `http` is the client for a token request, if one is needed.
+   */
+  async authorization(host: string, scopes: string[], http?: HttpClient): Promise<string | undefined> {
     const ch = this.#challenges.get(host);
     if (!ch) return undefined;
     if (ch.scheme === 'basic') return this.#basic.get(host);
@@ -242,7 +250,7 @@ export class Authorizer {
     const cached = this.#tokens.get(key);
     if (cached && cached.expiresAt > Date.now()) return cached.header;
     // Known Bearer host, new scope set: get a token up front rather than after a 401.
-    return this.#token(host, ch, scopes);
+    return this.#token(host, ch, scopes, http);
   }
 
   /**
@@ -250,7 +258,13 @@ export class Authorizer {
    * `sent` (or no Authorization). Returns true when other authorization is
    * now available and the request is worth retrying.
    */
-  async onChallenge(host: string, header: string | null, scopes: string[], sent?: string): Promise<boolean> {
+  async onChallenge(
+    host: string,
+    header: string | null,
+    scopes: string[],
+    sent?: string,
+    http?: HttpClient,
+  ): Promise<boolean> {
     const challenges = parseWWWAuthenticate(header ?? '');
     const bearer = challenges.find((c) => c.scheme === 'bearer');
     const basic = challenges.find((c) => c.scheme === 'basic');
@@ -263,7 +277,7 @@ export class Authorizer {
       if (cached && cached.header !== sent && cached.expiresAt > Date.now()) return true;
       this.#tokens.delete(key); // the token sent was refused (or expired)
       const allScopes = bearer.params.scope ? [...scopes, bearer.params.scope] : scopes;
-      const token = await this.#token(host, bearer, allScopes);
+      const token = await this.#token(host, bearer, allScopes, http);
       if (token === undefined || token === sent) return false;
       const fresh = this.#tokens.get(`${host} ${mergeScopes(allScopes).join(' ')}`);
       if (fresh) this.#tokens.set(key, fresh); // found again by authorization(host, scopes)
@@ -280,17 +294,22 @@ export class Authorizer {
     return false;
   }
 
-  #token(host: string, ch: Challenge, scopes: string[]): Promise<string | undefined> {
+  #token(host: string, ch: Challenge, scopes: string[], http?: HttpClient): Promise<string | undefined> {
     const key = `${host} ${mergeScopes(scopes).join(' ')}`;
     let p = this.#inflight.get(key);
     if (!p) {
-      p = this.#fetchToken(host, ch, scopes).finally(() => this.#inflight.delete(key));
+      p = this.#fetchToken(host, ch, scopes, http).finally(() => this.#inflight.delete(key));
       this.#inflight.set(key, p);
     }
     return p;
   }
 
-  async #fetchToken(host: string, ch: Challenge, scopes: string[]): Promise<string | undefined> {
+  async #fetchToken(
+    host: string,
+    ch: Challenge,
+    scopes: string[],
+    httpIn?: HttpClient,
+  ): Promise<string | undefined> {
     const merged = mergeScopes(scopes);
     const realm = ch.params.realm!;
     let url: URL;
@@ -303,26 +322,19 @@ export class Authorizer {
       throw errInvalidArgument(`registry "${host}" sent a token realm "${realm}" that is not http(s)`);
     }
     const creds = await this.#credentials(host);
-    let res: Response;
-    if (creds?.identityToken) {
-      const form = new URLSearchParams({
-        grant_type: 'refresh_token',
-        refresh_token: creds.identityToken,
-        client_id: this.#clientId,
-      });
-      if (ch.params.service) form.set('service', ch.params.service);
-      if (merged.length) form.set('scope', merged.join(' '));
-      res = await this.#fetch(url, { method: 'POST', body: form });
-    } else {
-      if (ch.params.service) url.searchParams.set('service', ch.params.service);
-      for (const s of merged) url.searchParams.append('scope', s);
-      const headers: Record<string, string> = {};
-      if (creds?.username !== undefined) {
-        headers.authorization = `Basic ${Buffer.from(`${creds.username}:${creds.password ?? ''}`).toString('base64')}`;
-      }
-      res = await this.#fetch(url, { headers });
+    if (!httpIn) this.#http ??= new HttpClient();
+    const http = httpIn ?? this.#http!;
+    let res: HttpResponse;
+    try {
+      res = await this.#tokenRequest(http, url, merged, ch, creds);
+    } catch (err) {
+      throw new KilnError(
+        'Unavailable',
+        `get token for "${host}" from "${url.origin}${url.pathname}": ${(err as Error).message}`,
+        { cause: err },
+      );
     }
-    const text = await res.text();
+    const text = await res.text(1 << 20).catch(() => '');
     if (res.status === 401 || res.status === 403) {
       throw new KilnError(
         res.status === 401 ? 'Unauthenticated' : 'PermissionDenied',
@@ -330,7 +342,7 @@ export class Authorizer {
           `HTTP ${res.status}: credentials ${creds ? 'refused' : 'required'}`,
       );
     }
-    if (!res.ok) {
+    if (res.status < 200 || res.status > 299) {
       throw new KilnError(
         'Unavailable',
         `get token for "${host}" from "${url.origin}${url.pathname}": HTTP ${res.status}: ${text.slice(0, 200)}`,
@@ -351,5 +363,36 @@ export class Authorizer {
     // Renew 5 s early so a token does not expire in flight.
     this.#tokens.set(`${host} ${merged.join(' ')}`, { header, expiresAt: Date.now() + (ttl - 5) * 1000 });
     return header;
+  }
+
+  /** GET with Basic credentials (or none), or POST of the refresh-token grant for an identity token. */
+  #tokenRequest(
+    http: HttpClient,
+    url: URL,
+    merged: string[],
+    ch: Challenge,
+    creds: Credentials | undefined,
+  ): Promise<HttpResponse> {
+    if (creds?.identityToken) {
+      const form = new URLSearchParams({
+        grant_type: 'refresh_token',
+        refresh_token: creds.identityToken,
+        client_id: this.#clientId,
+      });
+      if (ch.params.service) form.set('service', ch.params.service);
+      if (merged.length) form.set('scope', merged.join(' '));
+      return http.send(url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded;charset=UTF-8' },
+        body: Buffer.from(form.toString()),
+      });
+    }
+    if (ch.params.service) url.searchParams.set('service', ch.params.service);
+    for (const s of merged) url.searchParams.append('scope', s);
+    const headers: Record<string, string> = {};
+    if (creds?.username !== undefined) {
+      headers.authorization = `Basic ${Buffer.from(`${creds.username}:${creds.password ?? ''}`).toString('base64')}`;
+    }
+    return http.send(url, { method: 'GET', headers });
   }
 }

@@ -17,6 +17,7 @@ import { Digester } from '../digest.ts';
 import { errDataLoss, errInvalidArgument, KilnError } from '../errors.ts';
 import type { Descriptor } from '../images/types.ts';
 import { repositoryScope } from './auth.ts';
+import type { HttpResponse } from './http.ts';
 import type { RegistryTransport } from './transport.ts';
 
 export type BlobSource = Uint8Array | AsyncIterable<Uint8Array>;
@@ -90,7 +91,7 @@ export class Pusher {
         extraScopes: [repositoryScope(from, false)],
         signal,
       });
-      await res.body?.cancel();
+      res.discard();
       if (res.status === 201) return 'mounted';
       location = this.#location(res, 'mount');
       break;
@@ -103,7 +104,7 @@ export class Pusher {
         action: `start upload of blob ${desc.digest}`,
         signal,
       });
-      await res.body?.cancel();
+      res.discard();
       location = this.#location(res, 'start upload');
     }
 
@@ -141,7 +142,7 @@ export class Pusher {
         action: `upload blob ${desc.digest} bytes ${offset}-${offset + chunk.byteLength - 1}`,
         signal,
       });
-      await res.body?.cancel();
+      res.discard();
       location = this.#location(res, 'upload chunk');
       offset += chunk.byteLength;
     };
@@ -194,14 +195,14 @@ export class Pusher {
       action: `complete upload of blob ${desc.digest}`,
       signal,
     });
-    await res.body?.cancel();
+    res.discard();
     const got = res.headers.get('docker-content-digest');
     if (got && got !== desc.digest) {
       throw errDataLoss(`push blob ${desc.digest} to "${this.#ref}": registry stored digest "${got}"`);
     }
   }
 
-  #location(res: Response, step: string): string {
+  #location(res: HttpResponse, step: string): string {
     const loc = res.headers.get('location');
     if (!loc) {
       throw new KilnError(
@@ -228,7 +229,7 @@ export class Pusher {
       action: `push manifest ${desc.digest}${tag ? ` as tag "${tag}"` : ''}`,
       signal,
     });
-    await res.body?.cancel();
+    res.discard();
     const got = res.headers.get('docker-content-digest');
     if (got && got !== desc.digest) {
       throw errDataLoss(`push manifest ${desc.digest} to "${this.#ref}": registry computed digest "${got}"`);

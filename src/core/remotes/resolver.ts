@@ -6,7 +6,8 @@
  * or Content-Length (allowed by the spec), or the content type is not a
  * known manifest type, it GETs the manifest and computes the digest. A
  * reference with a digest must resolve to that digest (DataLoss otherwise).
- * One Resolver (and its Authorizer) can be shared by many pulls and pushes.
+ * One Resolver (and its Authorizer and HttpClient, i.e. its keep-alive
+ * connections and TLS files) can be shared by many pulls and pushes.
  */
 import { sha256 } from '../digest.ts';
 import { errDataLoss, KilnError } from '../errors.ts';
@@ -18,6 +19,7 @@ import {
   isManifestMediaType,
 } from '../images/types.ts';
 import { Fetcher, MANIFEST_ACCEPT, MAX_MANIFEST_SIZE } from './fetcher.ts';
+import { HttpClient } from './http.ts';
 import { Pusher } from './pusher.ts';
 import { type RemoteOptions, RegistryTransport } from './transport.ts';
 
@@ -28,9 +30,16 @@ export interface Resolved {
 
 export class Resolver {
   readonly options: RemoteOptions;
+  /** Connections and TLS files shared by every transport of this resolver. */
+  readonly http: HttpClient;
 
   constructor(options: RemoteOptions = {}) {
     this.options = options;
+    this.http = options.http ?? new HttpClient(options.certsDirs ? { certsDirs: options.certsDirs } : {});
+  }
+
+  #transport(ref: Reference, push: boolean): RegistryTransport {
+    return new RegistryTransport(ref, push, this.options, this.http);
   }
 
   #ref(ref: string | Reference): Reference {
@@ -39,7 +48,7 @@ export class Resolver {
 
   async resolve(refIn: string | Reference, options: { signal?: AbortSignal } = {}): Promise<Resolved> {
     const ref = this.#ref(refIn);
-    const t = new RegistryTransport(ref, false, this.options);
+    const t = this.#transport(ref, false);
     const path = `manifests/${referenceObject(ref)}`;
     const action = 'resolve';
     const head = await t.request({
@@ -71,7 +80,7 @@ export class Resolver {
         action,
         signal: options.signal,
       });
-      const bytes = new Uint8Array(await res.arrayBuffer());
+      const bytes = await res.bytes(MAX_MANIFEST_SIZE + 1);
       if (bytes.byteLength > MAX_MANIFEST_SIZE) {
         throw new KilnError(
           'ResourceExhausted',
@@ -91,10 +100,10 @@ export class Resolver {
   }
 
   fetcher(ref: string | Reference): Fetcher {
-    return new Fetcher(new RegistryTransport(this.#ref(ref), false, this.options));
+    return new Fetcher(this.#transport(this.#ref(ref), false));
   }
 
   pusher(ref: string | Reference): Pusher {
-    return new Pusher(new RegistryTransport(this.#ref(ref), true, this.options));
+    return new Pusher(this.#transport(this.#ref(ref), true));
   }
 }

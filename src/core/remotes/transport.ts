@@ -1,23 +1,34 @@
 /**
- * HTTP transport to one registry repository, on Node's built-in fetch.
+ * HTTP transport to one registry repository, on ./http.ts (node:http and
+ * node:https request streams with keep-alive agents per origin).
  *
  * - Scheme: HTTPS, except plain HTTP for loopback hosts (`localhost`,
  *   127.0.0.0/8, `[::1]`) and hosts listed in `insecure` (host[:port]).
  *   docker.io is served by `registry-1.docker.io`.
+ * - TLS: Node's default roots plus, per host, the CA files and client
+ *   certificate of a certs.d folder (`certsDirs`, default docker's
+ *   `/etc/docker/certs.d`; see ./certs.ts). A TLS failure is not retried and
+ *   its message says what to put where.
  * - Auth: each request carries the Authorization the Authorizer has for the
  *   request's scopes; a 401 is given to the Authorizer once, then retried.
+ *   Token requests go through the same HTTP client (same TLS files).
+ * - Redirects are followed; the registry's Authorization is not sent to
+ *   another origin (blob storage).
  * - Retries: network errors, 429 and 5xx are retried with exponential
  *   backoff (honouring a small `Retry-After`), at most `retries` times, and
  *   only for requests whose body can be sent again (none or bytes).
  * - Errors: RegistryError (a KilnError) naming the action, the reference,
  *   the method and URL path and the HTTP status, with the registry's own
  *   `errors[].code/message`; 401 Unauthenticated, 403 PermissionDenied,
- *   404 NotFound, 429 ResourceExhausted, 5xx and network Unavailable.
+ *   404 NotFound, 429 ResourceExhausted, 5xx, network and TLS Unavailable.
+ * One HttpClient (connection pool) is shared by the transports of a
+ * Resolver; pass `http` in RemoteOptions to share it wider.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { type ErrorCode, KilnError } from '../errors.ts';
 import { DEFAULT_DOMAIN, type Reference } from '../images/reference.ts';
 import { Authorizer, repositoryScope } from './auth.ts';
+import { HttpClient, HttpNetworkError, type HttpResponse } from './http.ts';
 
 export interface RemoteOptions {
   /** Hosts (host[:port]) reached over plain HTTP besides loopback ones. */
@@ -32,7 +43,13 @@ export interface RemoteOptions {
   /** Resumptions of one broken blob download (default 5). */
   maxResumes?: number;
   userAgent?: string;
-  fetch?: typeof fetch;
+  /**
+   * certs.d-style directories with per-registry CA files and client
+   * certificates (default: `/etc/docker/certs.d`); ignored when `http` is given.
+   */
+  certsDirs?: string[];
+  /** HTTP client (connection pool and TLS files) to use; default one per Resolver. */
+  http?: HttpClient;
 }
 
 export class RegistryError extends KilnError {
@@ -113,18 +130,22 @@ export class RegistryTransport {
   readonly baseURL: string;
   readonly host: string;
   readonly push: boolean;
-  readonly options: Required<Omit<RemoteOptions, 'insecure' | 'authorizer' | 'userAgent' | 'fetch'>>;
+  readonly options: Required<
+    Omit<RemoteOptions, 'insecure' | 'authorizer' | 'userAgent' | 'certsDirs' | 'http'>
+  >;
+  readonly http: HttpClient;
   readonly #authorizer: Authorizer;
-  readonly #fetch: typeof fetch;
   readonly #userAgent: string;
 
-  constructor(ref: Reference, push: boolean, options: RemoteOptions = {}) {
+  /** `http` (else `options.http`, else a new client for `options.certsDirs`) carries the requests. */
+  constructor(ref: Reference, push: boolean, options: RemoteOptions = {}, http?: HttpClient) {
     this.ref = ref;
     this.push = push;
     this.baseURL = registryBaseURL(ref.domain, options.insecure);
     this.host = new URL(this.baseURL).host;
     this.#authorizer = options.authorizer ?? new Authorizer();
-    this.#fetch = options.fetch ?? fetch;
+    this.http =
+      http ?? options.http ?? new HttpClient(options.certsDirs ? { certsDirs: options.certsDirs } : {});
     this.#userAgent = options.userAgent ?? 'kiln/0.1';
     this.options = {
       retries: options.retries ?? 4,
@@ -154,7 +175,10 @@ export class RegistryTransport {
   ): RegistryError {
     const [code, what] =
       status === undefined
-        ? (['Unavailable', 'network error'] as [ErrorCode, string])
+        ? ([
+            'Unavailable',
+            cause instanceof HttpNetworkError && cause.tls ? 'TLS error' : 'network error',
+          ] as [ErrorCode, string])
         : (STATUS_TEXT[status] ??
           (status >= 500
             ? (['Unavailable', 'registry server error'] as [ErrorCode, string])
@@ -175,39 +199,49 @@ export class RegistryTransport {
   }
 
   /** Sends a request with auth and retries; returns the response (body unread) on an expected status. */
-  async request(req: RegistryRequest): Promise<Response> {
+  async request(req: RegistryRequest): Promise<HttpResponse> {
     const url = this.url(req.path, req.query);
     const scopes = [repositoryScope(this.ref.path, this.push), ...(req.extraScopes ?? [])];
     let authRetried = false;
     for (let attempt = 0; ; attempt++) {
       req.signal?.throwIfAborted();
       const headers: Record<string, string> = { 'user-agent': this.#userAgent, ...req.headers };
-      const auth = await this.#authorizer.authorization(this.host, scopes);
+      const auth = await this.#authorizer.authorization(this.host, scopes, this.http);
       if (auth) headers.authorization = auth;
-      let res: Response;
+      let res: HttpResponse;
       try {
-        res = await this.#fetch(url, {
+        res = await this.http.send(url, {
           method: req.method,
           headers,
-          body: req.body,
-          redirect: 'follow',
-          signal: req.signal,
+          ...(req.body ? { body: req.body } : {}),
+          ...(req.signal ? { signal: req.signal } : {}),
         });
       } catch (err) {
         if (req.signal?.aborted) throw err;
+        if (err instanceof KilnError) throw err; // e.g. unreadable TLS files: not the network
+        if (err instanceof HttpNetworkError && err.tls)
+          throw this.#error(req, url, undefined, err.message, err);
         if (attempt < this.options.retries) {
           await sleep(this.#delay(attempt, null), undefined, { signal: req.signal });
           continue;
         }
-        const msg = err instanceof Error ? `${err.message}${err.cause ? ` (${String(err.cause)})` : ''}` : '';
+        const msg = err instanceof Error ? err.message : String(err);
         throw this.#error(req, url, undefined, `${msg}; gave up after ${attempt + 1} attempts`, err);
       }
       if (req.expect.includes(res.status)) return res;
-      const text = req.method === 'HEAD' ? '' : await res.text().catch(() => '');
+      // Read to the end, so that a retry can reuse the connection.
+      const text =
+        req.method === 'HEAD' ? await res.drain().then(() => '') : await res.text().catch(() => '');
       if (res.status === 401 && !authRetried) {
         authRetried = true;
         if (
-          await this.#authorizer.onChallenge(this.host, res.headers.get('www-authenticate'), scopes, auth)
+          await this.#authorizer.onChallenge(
+            this.host,
+            res.headers.get('www-authenticate'),
+            scopes,
+            auth,
+            this.http,
+          )
         ) {
           attempt--; // an auth round trip is not a failure
           continue;
