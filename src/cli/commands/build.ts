@@ -41,7 +41,12 @@ import type { Definition } from '../../gen/kiln/llb/v1/llb_pb.ts';
 import { convertDockerfile, DockerfileSyntaxError } from '../../frontend/dockerfile/index.ts';
 import { SCRATCH, snapshotOf } from '../../ops/refs.ts';
 import type { OutputSpec } from '../../exporter/index.ts';
-import { Authorizer, dockerConfigCredentials, type RemoteOptions } from '../../core/remotes/index.ts';
+import {
+  Authorizer,
+  defaultCertsDirs,
+  dockerConfigCredentials,
+  type RemoteOptions,
+} from '../../core/remotes/index.ts';
 import { now, type ProgressEvent } from '../../solver/progress.ts';
 import { SolveError } from '../../solver/solver.ts';
 import type { Result, Vertex } from '../../solver/types.ts';
@@ -75,6 +80,7 @@ export interface BuildOptions {
   pull?: boolean;
   quiet?: boolean;
   insecureRegistry?: string[];
+  certsDir?: string[];
 }
 
 // main() maps a thrown error to exit code 1 and prints it; a build failure is
@@ -235,6 +241,7 @@ export async function runBuild(ctx: CliContext, contextArg: string, opts: BuildO
     const outputs: OutputSpec[] = parseOutputs(opts.output ?? [], opts.tag ?? []);
     const remote: RemoteOptions = {
       insecure: opts.insecureRegistry ?? [],
+      certsDirs: opts.certsDir?.length ? opts.certsDir : defaultCertsDirs(ctx.globals().root),
       authorizer: new Authorizer({ credentials: dockerConfigCredentials() }),
     };
     const core = await ctx.core();
@@ -393,6 +400,12 @@ export function registerBuildCommand(program: Command, ctx: CliContext): void {
     .option(
       '--insecure-registry <host>',
       'use plain HTTP for this registry host[:port] (repeatable)',
+      collect,
+    )
+    .option(
+      '--certs-dir <dir>',
+      'per-registry TLS files, <dir>/<host[:port]>/{*.crt,*.cert,*.key} (repeatable; ' +
+        'default <root>/certs.d, then /etc/docker/certs.d)',
       collect,
     )
     .option('-q, --quiet', 'no progress output; print the image ID on success')
