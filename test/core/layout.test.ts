@@ -127,6 +127,13 @@ void describe('OCI layout and docker-archive import/export', () => {
       await execFileP('gzip', ['-k', '-1', saved]);
       const again = await importImages(c, `${saved}.gz`);
       assert.equal(again.images[0]!.target.digest, res.images[0]!.target.digest);
+      // a name renames the image of a one-image archive (its RepoTags are not recorded)
+      const renamed = await importImages(c, saved, { name: 'kiln-bench/busybox:1' });
+      assert.deepEqual(
+        renamed.images.map((i) => i.name),
+        ['docker.io/kiln-bench/busybox:1'],
+      );
+      assert.equal(renamed.images[0]!.target.digest, res.images[0]!.target.digest);
       // --gzip compresses them
       const g = await fresh();
       try {

@@ -12,8 +12,9 @@
  * compression), or gzip-compressed when `compress: 'gzip'`; an uncompressed
  * layer must hash to the config's diff_id (DataLoss otherwise); every layer
  * gets `containerd.io/uncompressed`. An OCI manifest is made and stored with
- * GC labels; each RepoTag becomes an image record (normalized reference),
- * or `options.name`, or the manifest digest if untagged.
+ * GC labels; the image record is `options.name` for a one-image archive,
+ * else each RepoTag (normalized reference), else `options.name` or the
+ * manifest digest if untagged.
  *
  * Export (`exportDockerArchive`): one tar that is both a docker-archive and
  * an OCI layout, as docker ≥ 25 writes it: `manifest.json`, `oci-layout`,
@@ -171,7 +172,14 @@ export async function importDockerArchive(
         throw wrap(err, `${where}: RepoTags`);
       }
     });
-    const names = tags.length > 0 ? tags : [options.name ? parseReference(options.name).full : mdesc.digest];
+    // `name` renames the image of a one-image archive; with several, it names only untagged ones.
+    const named = options.name ? parseReference(options.name).full : undefined;
+    const names =
+      named && (entries.length === 1 || tags.length === 0)
+        ? [named]
+        : tags.length > 0
+          ? tags
+          : [mdesc.digest];
     for (const n of names) images.push(setImage(core, n, mdesc));
   }
   return images;
