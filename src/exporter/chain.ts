@@ -37,8 +37,7 @@ import type { Digest } from '../core/digest.ts';
 import { isKilnError, wrap } from '../core/errors.ts';
 import { chainIDs } from '../core/images/unpack.ts';
 import type { Core } from '../core/metadata/index.ts';
-import { splitLowerdir } from '../core/mount/mount.ts';
-import type { Mount } from '../core/snapshots/types.ts';
+import { snapshotOwnDir as ownDir, snapshotUpperDir as upperDir } from '../core/mount/mount.ts';
 import type { BuiltImage } from './image.ts';
 
 const execFileP = promisify(execFile);
@@ -49,30 +48,6 @@ export interface ChainOptions {
   lease: string;
   sourceDateEpoch?: number;
   signal?: AbortSignal;
-}
-
-function unescapeOverlay(value: string): string {
-  return value.replace(/\\(.)/g, '$1');
-}
-
-/** The snapshot's own directory from the mounts of a view of it (bind source or first lowerdir). */
-function ownDir(view: Mount[]): string | undefined {
-  if (view.length !== 1) return undefined;
-  const m = view[0]!;
-  if (m.type === 'bind') return m.source;
-  if (m.type !== 'overlay') return undefined;
-  const lo = m.options.find((o) => o.startsWith('lowerdir='));
-  if (!lo || m.options.some((o) => o.startsWith('lowerdir+='))) return undefined;
-  return splitLowerdir(lo.slice('lowerdir='.length)).find((d) => d !== '');
-}
-
-/** The directory an active snapshot writes to: the upperdir of its overlay, or its bind mount's source (no parent). */
-function upperDir(active: Mount[]): string | undefined {
-  if (active.length !== 1) return undefined;
-  if (active[0]!.type === 'bind') return active[0]!.source;
-  if (active[0]!.type !== 'overlay') return undefined;
-  const up = active[0]!.options.find((o) => o.startsWith('upperdir='));
-  return up === undefined ? undefined : unescapeOverlay(up.slice('upperdir='.length));
 }
 
 async function exists(sn: { stat(name: string): Promise<unknown> }, name: string): Promise<boolean> {

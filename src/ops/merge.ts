@@ -10,9 +10,13 @@
  * store under the op's lease) are applied in order, whiteouts included, so
  * an input's deletions apply to what is below it, as when layers are
  * stacked. Layers the input shares with the first input's chain (a common
- * base image) are already present and are skipped. Cost: one tar stream per
- * replayed layer; stacking them as overlay lowerdirs without any copy needs
- * a snapshotter API for multi-parent snapshots (future work).
+ * base image) are already present and are skipped. On overlayfs a layer is
+ * applied by hard-linking its own directory's entries into the merge's
+ * upper directory (layerlink.ts): no file data is read or written, only
+ * directories and links are made. Elsewhere, or when a layer's directory is
+ * not known, it goes through one uncompressed tar stream (the diff service).
+ * Stacking the inputs as overlay lowerdirs with no links at all would need
+ * multi-parent snapshots in the snapshotter (future work).
  *
  * diff(lower, upper): the layer from lower to upper (the diff service, with
  * the overlay upperdir fast path when upper sits directly on lower), applied
@@ -20,9 +24,11 @@
  * result holds what was added or changed. An absent lower is the empty tree.
  */
 import { apply, compare } from '../core/diff/index.ts';
+import { snapshotOwnDir, snapshotUpperDir } from '../core/mount/mount.ts';
 import type { DiffOp as DiffOpPb, MergeOp as MergeOpPb } from '../gen/kiln/llb/v1/llb_pb.ts';
 import type { CacheMap, Op, OpContext, Result } from '../solver/types.ts';
 import type { OpEnv } from './env.ts';
+import { linkLayer } from './layerlink.ts';
 import { OpSession, snapshotOf } from './refs.ts';
 
 /** The committed chain of `snapshot`, bottom first. */
@@ -72,11 +78,14 @@ export class MergeOp implements Op {
     try {
       const { key, mounts } = await session.prepare(snaps[0] ?? '');
       const base = new Set(snaps[0] ? await chainOf(session, snaps[0]) : []);
+      const upper = session.sn.name === 'overlayfs' ? snapshotUpperDir(mounts) : undefined;
       for (const s of snaps.slice(1)) {
         const chain = await chainOf(session, s);
         for (let i = 0; i < chain.length; i++) {
           if (base.has(chain[i]!)) continue;
-          await layerOnto(session, i > 0 ? chain[i - 1] : undefined, chain[i]!, mounts, ctx.signal);
+          const own = upper === undefined ? undefined : snapshotOwnDir(await session.view(chain[i]!));
+          if (upper !== undefined && own !== undefined) await linkLayer(own, upper, ctx.signal);
+          else await layerOnto(session, i > 0 ? chain[i - 1] : undefined, chain[i]!, mounts, ctx.signal);
         }
       }
       return [await session.commitResult(key, this.#digest)];

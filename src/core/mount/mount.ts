@@ -161,6 +161,31 @@ export function splitLowerdir(value: string): string[] {
   return out.filter((s) => s !== '');
 }
 
+/**
+ * The own directory of a snapshot, from the mounts of a view of it: a bind
+ * mount's source, or the topmost `lowerdir` of a read-only overlay (none for
+ * other shapes, e.g. `lowerdir+` chains).
+ */
+export function snapshotOwnDir(view: Mount[]): string | undefined {
+  if (view.length !== 1) return undefined;
+  const m = view[0]!;
+  if (m.type === 'bind') return m.source;
+  if (m.type !== 'overlay') return undefined;
+  const lo = m.options.find((o) => o.startsWith('lowerdir='));
+  if (!lo || m.options.some((o) => o.startsWith('lowerdir+='))) return undefined;
+  return splitLowerdir(lo.slice('lowerdir='.length)).find((d) => d !== '');
+}
+
+/** The directory an active snapshot writes to: its overlay's upperdir, or its bind mount's source (no parent). */
+export function snapshotUpperDir(active: Mount[]): string | undefined {
+  if (active.length !== 1) return undefined;
+  const m = active[0]!;
+  if (m.type === 'bind') return m.source;
+  if (m.type !== 'overlay') return undefined;
+  const up = m.options.find((o) => o.startsWith('upperdir='));
+  return up === undefined ? undefined : unescapeOverlayValue(up.slice('upperdir='.length));
+}
+
 function unescapeOverlayValue(value: string): string {
   return value.replace(/\\(.)/g, '$1');
 }
