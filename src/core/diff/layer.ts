@@ -247,17 +247,14 @@ export async function writeLayer(
     for (;;) {
       const c = await tarOut.shift();
       if (!c) return;
-      diffID.update(c);
+      // Uncompressed, the blob is the tar: the store's writer hashes it once for both.
+      if (makeCompressor) diffID.update(c);
       yield c;
     }
   }
 
-  const blob = new Digester();
   const sink = async (source: AsyncIterable<Uint8Array>): Promise<void> => {
-    for await (const c of source) {
-      blob.update(c);
-      await w.write(c);
-    }
+    for await (const c of source) await w.write(c);
   };
   let committed = false;
   try {
@@ -280,11 +277,12 @@ export async function writeLayer(
     const results = await Promise.allSettled([walkTask, tarTask, pipelineTask]);
     const failed = results.find((r) => r.status === 'rejected');
     if (failed) throw failed.reason;
-    const uncompressed = diffID.digest();
-    const digest = blob.digest();
+    const digest = w.digest();
+    const blobSize = w.offset;
+    const uncompressed = makeCompressor ? diffID.digest() : digest;
     const labels: Labels = { ...options.labels, [LABEL_UNCOMPRESSED]: uncompressed };
     try {
-      await w.commit({ size: blob.size, expected: digest, labels });
+      await w.commit({ size: blobSize, expected: digest, labels });
     } catch (err) {
       if (!isKilnError(err, 'AlreadyExists')) throw err;
       // Already there (same layer exported before): make sure it carries the label.
@@ -297,11 +295,11 @@ export async function writeLayer(
       descriptor: {
         mediaType: LAYER_MEDIA_TYPES[compression],
         digest,
-        size: blob.size,
+        size: blobSize,
         annotations: { [LABEL_UNCOMPRESSED]: uncompressed },
       },
       diffID: uncompressed,
-      uncompressedSize: diffID.size,
+      uncompressedSize: makeCompressor ? diffID.size : blobSize,
     };
   } catch (err) {
     await Promise.allSettled([walkTask, tarTask]);
