@@ -34,9 +34,9 @@
  * Kiln.
  *
  * Run: `npm run bench -- build-suite`, or `npx node bench/build-suite.ts
- * [--runs N] [--only 1,5] [--no-diff] [--no-profile]` (bench/run.ts passes no
- * options: use env KILN_BENCH_RUNS, KILN_BENCH_ONLY, KILN_BENCH_NO_DIFF=1,
- * KILN_BENCH_NO_PROFILE=1). Writes bench/results/build-suite.json and .md
+ * [--runs N] [--only 1,5] [--no-diff] [--no-profile]` (also through
+ * `npm run bench -- build-suite --runs 1`; or env KILN_BENCH_RUNS,
+ * KILN_BENCH_ONLY, KILN_BENCH_NO_DIFF=1, KILN_BENCH_NO_PROFILE=1). Writes bench/results/build-suite.json and .md
  * (a run with --only or fewer than 3 runs writes /tmp/kiln-bench-build-suite.partial.*).
  */
 import { spawn, spawnSync } from 'node:child_process';
