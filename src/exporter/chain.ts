@@ -9,12 +9,11 @@
  * For a layer Kiln computed from build snapshot S (SnapshotLayer.snapshot),
  * the layer is the overlay upper directory of S itself (the overlay fast
  * path of ./layers.ts): so, with the `overlayfs` driver, the chain snapshot
- * is `prepare(chainID[n-1])` + a hard-linked copy of S's own directory into
- * the new upper directory (`cp -al`: directories are new with their modes,
- * owners, times and xattrs incl. opaque markers; every other entry, whiteouts
- * included, is a hard link to S's inode, so hard links within the layer stay
- * links; no file data is written: both snapshots are committed, hence never
- * modified, and overlayfs copies a file up before any write) +
+ * is `prepare(chainID[n-1])` + S's own directory linked into the new upper
+ * directory (core/diff/link.ts `linkLayer`: directories are new with their
+ * modes, owners, times and xattrs incl. opaque markers; every other entry,
+ * whiteouts included, is a hard link to S's inode, so hard links within the
+ * layer stay links; no file data is written) +
  * `commit(chainID[n])` with the labels unpack writes
  * (`containerd.io/snapshot.ref`, `containerd.io/uncompressed`). That is the
  * tree applying the layer would give, without writing, reading and parsing
@@ -30,17 +29,15 @@
  * are clamped, the tree's are not). Snapshots are held by `lease`. Returns
  * the number of chain snapshots made.
  */
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { promisify } from 'node:util';
 import type { Digest } from '../core/digest.ts';
 import { isKilnError, wrap } from '../core/errors.ts';
+import { linkLayer } from '../core/diff/link.ts';
 import { chainIDs } from '../core/images/unpack.ts';
 import type { Core } from '../core/metadata/index.ts';
 import { snapshotOwnDir as ownDir, snapshotUpperDir as upperDir } from '../core/mount/mount.ts';
 import type { BuiltImage } from './image.ts';
 
-const execFileP = promisify(execFile);
 const LABEL_SNAPSHOT_REF = 'containerd.io/snapshot.ref';
 const LABEL_UNCOMPRESSED = 'containerd.io/uncompressed';
 
@@ -87,9 +84,7 @@ export async function chainFromBuild(core: Core, img: BuiltImage, opts: ChainOpt
       });
       const dst = upperDir(active);
       if (src === undefined || dst === undefined) break;
-      await execFileP('cp', ['-al', '--no-target-directory', `${src}/.`, dst], {
-        ...(opts.signal ? { signal: opts.signal } : {}),
-      });
+      await linkLayer(src, dst, opts.signal);
       try {
         await sn.commit(chainID, key, {
           labels: { [LABEL_SNAPSHOT_REF]: chainID, [LABEL_UNCOMPRESSED]: layer.diffID },

@@ -25,11 +25,12 @@
  * selector, since committed snapshots never change.
  */
 import { createHash } from 'node:crypto';
-import { type BigIntStats, createReadStream, lstatSync, readFileSync, readlinkSync } from 'node:fs';
+import { createReadStream, readFileSync, readlinkSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Digest } from '../core/digest.ts';
 import { isErrno } from '../core/errors.ts';
+import { lstatOrUndefined } from '../core/fs/meta.ts';
 import type { Core } from '../core/metadata/index.ts';
 import { ASCII, FIXED, GONE, JSON_PLAIN, NOT_UTF8, readDirStat } from '../core/native/readdir.ts';
 import type { Result } from '../solver/types.ts';
@@ -75,16 +76,6 @@ export interface WalkOptions {
   /** Only paths (relative to the walked top) the filter accepts; dirs it rejects are still descended when `descend` says so. */
   filter?: (rel: string, isDir: boolean) => boolean;
   descend?: (rel: string) => boolean;
-}
-
-/** lstat of a walked top path (exact times), undefined when it is missing. */
-function lstatTop(p: string): BigIntStats | undefined {
-  try {
-    return lstatSync(p, { bigint: true, throwIfNoEntry: false });
-  } catch (err) {
-    if (isErrno(err, 'ENOTDIR')) return undefined;
-    throw err;
-  }
 }
 
 /** Entries visited between two yields to the event loop. */
@@ -164,7 +155,7 @@ async function walk(
   state: WalkState,
 ): Promise<void> {
   opts.signal?.throwIfAborted();
-  const st = lstatTop(host);
+  const st = lstatOrUndefined(host);
   if (!st) {
     out.push(`missing ${JSON.stringify(rel)}`);
     return;

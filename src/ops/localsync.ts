@@ -38,23 +38,12 @@
  * xattrs that cannot be set are ignored (as copyEntry); the target's root
  * directory keeps its own metadata. Callers bound the chain (MAX_LOCAL_DEPTH).
  */
-import {
-  type BigIntStats,
-  chmodSync,
-  closeSync,
-  lchownSync,
-  lstatSync,
-  openSync,
-  readdirSync,
-  readlinkSync,
-  readSync,
-} from 'node:fs';
+import { type BigIntStats, closeSync, openSync, readdirSync, readlinkSync, readSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { sha256 } from '../core/digest.ts';
-import { isErrno } from '../core/errors.ts';
+import { lstatOrUndefined, readXattrs, sameXattrs, syncDirMeta } from '../core/fs/meta.ts';
 import type { NamespacedSnapshotter } from '../core/metadata/snapshots.ts';
-import { lutimesNs, native } from '../core/native/index.ts';
 import { type CopyOptions, copyEntry } from './fsutil.ts';
 
 /** Label: which local source (shared key) a committed snapshot holds. */
@@ -152,47 +141,7 @@ export interface SyncOptions {
   signal?: AbortSignal;
 }
 
-function lstatOrUndefined(p: string): BigIntStats | undefined {
-  try {
-    return lstatSync(p, { bigint: true, throwIfNoEntry: false });
-  } catch (err) {
-    if (isErrno(err, 'ENOTDIR')) return undefined;
-    throw err;
-  }
-}
-
 const S_IFMT = 0o170000n;
-
-function xattrsOf(p: string): Map<string, Buffer> {
-  const n = native();
-  const out = new Map<string, Buffer>();
-  let names: string[];
-  try {
-    names = n.llistxattr(p);
-  } catch {
-    return out;
-  }
-  for (const name of names) {
-    // overlayfs's own attributes never belong to the tree (the merged view hides them anyway).
-    if (name.startsWith('trusted.overlay.') || name.startsWith('user.overlay.')) continue;
-    try {
-      const v = n.lgetxattr(p, name);
-      if (v) out.set(name, v);
-    } catch {
-      // vanished or unreadable: treated as absent
-    }
-  }
-  return out;
-}
-
-function sameXattrs(a: Map<string, Buffer>, b: Map<string, Buffer>): boolean {
-  if (a.size !== b.size) return false;
-  for (const [k, v] of a) {
-    const w = b.get(k);
-    if (!w?.equals(v)) return false;
-  }
-  return true;
-}
 
 /** Byte-for-byte comparison of two regular files of the same size. */
 function sameContent(a: string, b: string): boolean {
@@ -232,51 +181,10 @@ function sameNode(src: string, s: BigIntStats, dst: string, d: BigIntStats): boo
   } else if (s.isCharacterDevice() || s.isBlockDevice()) {
     if (s.rdev !== d.rdev) return false;
   }
-  if (!sameXattrs(xattrsOf(src), xattrsOf(dst))) return false;
+  if (!sameXattrs(readXattrs(src), readXattrs(dst))) return false;
   // Coarse timestamps cannot tell two versions of a file apart: look at the bytes.
   if (s.isFile() && s.mtimeNs % 1_000_000_000n === 0n && s.size > 0n) return sameContent(src, dst);
   return true;
-}
-
-/** Sets a directory's mode, owner, xattrs and times from `s` where they differ. */
-function fixDirMeta(src: string, s: BigIntStats, dst: string): boolean {
-  const d = lstatSync(dst, { bigint: true });
-  const n = native();
-  let changed = false;
-  const sx = xattrsOf(src);
-  const dx = xattrsOf(dst);
-  if (s.uid !== d.uid || s.gid !== d.gid) {
-    // lchown clears set-id bits: the mode is set after it.
-    lchownSync(dst, Number(s.uid), Number(s.gid));
-    changed = true;
-  }
-  if (changed || s.mode !== d.mode) {
-    chmodSync(dst, Number(s.mode & 0o7777n));
-    changed = true;
-  }
-  if (!sameXattrs(sx, dx)) {
-    for (const name of dx.keys()) {
-      if (sx.has(name)) continue;
-      try {
-        n.lremovexattr(dst, name);
-      } catch {
-        // not removable here (see the module comment)
-      }
-    }
-    for (const [name, v] of sx) {
-      try {
-        n.lsetxattr(dst, name, v, 0);
-      } catch {
-        // not supported on the destination (see the module comment)
-      }
-    }
-    changed = true;
-  }
-  if (changed || s.mtimeNs !== d.mtimeNs) {
-    lutimesNs(dst, s.atimeNs, s.mtimeNs);
-    changed = true;
-  }
-  return changed;
 }
 
 interface SyncState {
@@ -341,7 +249,7 @@ async function syncDir(st: SyncState, src: string, dst: string, rel: string): Pr
         continue;
       }
       kept.add(name);
-      if (fixDirMeta(srcChild, s, dstChild)) st.stats.dirsUpdated++;
+      if (syncDirMeta(srcChild, s, dstChild)) st.stats.dirsUpdated++;
       else st.stats.unchanged++;
       continue;
     }

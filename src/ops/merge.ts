@@ -12,7 +12,7 @@
  * stacked. Layers the input shares with the first input's chain (a common
  * base image) are already present and are skipped. On overlayfs a layer is
  * applied by hard-linking its own directory's entries into the merge's
- * upper directory (layerlink.ts): no file data is read or written, only
+ * upper directory (core/diff/link.ts): no file data is read or written, only
  * directories and links are made. Elsewhere, or when a layer's directory is
  * not known, it goes through one uncompressed tar stream (the diff service).
  * Stacking the inputs as overlay lowerdirs with no links at all would need
@@ -28,7 +28,7 @@ import { snapshotOwnDir, snapshotUpperDir } from '../core/mount/mount.ts';
 import type { DiffOp as DiffOpPb, MergeOp as MergeOpPb } from '../gen/kiln/llb/v1/llb_pb.ts';
 import type { CacheMap, Op, OpContext, Result } from '../solver/types.ts';
 import type { OpEnv } from './env.ts';
-import { linkLayer } from './layerlink.ts';
+import { linkLayer } from '../core/diff/link.ts';
 import { OpSession, snapshotOf } from './refs.ts';
 
 /** The committed chain of `snapshot`, bottom first. */

@@ -1,5 +1,5 @@
 /**
- * Merge on overlayfs links layers instead of copying them (src/ops/layerlink.ts):
+ * Merge on overlayfs links layers instead of copying them (src/core/diff/link.ts):
  * the merged tree equals the one the copying snapshotter's tar replay makes
  * (paths, types, modes, owners, xattrs, contents, link targets, hard links),
  * including a later input's deletions, a directory re-created over its own

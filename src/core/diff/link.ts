@@ -1,7 +1,8 @@
 /**
  * Applies one overlay layer onto the upper directory of an active overlay
- * snapshot without copying file data (merge on overlayfs, merge.ts):
- * `linkLayer(layerDir, upperDir, signal)`.
+ * snapshot without copying file data: `linkLayer(layerDir, upperDir,
+ * signal)`. Used by merge on overlayfs (ops/merge.ts) and for the image
+ * store's chain snapshots of a build (exporter/chain.ts).
  *
  * `layerDir` is a committed overlayfs snapshot's own directory: its changes
  * from its parent, with overlay whiteouts (0:0 character devices) and opaque
@@ -15,73 +16,30 @@
  *   any write). Hard links within the layer stay links. A file shows one more
  *   link while both snapshots exist.
  * - a directory is created, or updated in place, with the layer's mode,
- *   owner, times and xattrs. One that replaces a non-directory (a whiteout or
+ *   owner, times and xattrs (fs/meta.ts `syncDirMeta`: only what differs;
+ *   xattrs the target cannot take are ignored, as the copy op does). One that replaces a non-directory (a whiteout or
  *   a file an earlier layer left) is made opaque, so what lies below in the
  *   lower chain does not show through again; an opaque one replaces what the
  *   upper directory held there; an existing opaque marker stays.
  * - a non-directory replaces whatever the upper directory held at its path.
- * Limits: `trusted.overlay.*` attributes other than the opaque marker are
- * not carried to directories (they describe the layer's own overlay, not
+ * Limits: overlayfs's attributes other than the opaque marker are not
+ * carried to directories (they describe the layer's own overlay, not
  * the merge's); the caller falls back to the tar path when a layer's
  * directory is not known (e.g. a chain mounted with `lowerdir+`).
  */
-import { chmodSync, lchownSync, linkSync, lstatSync, mkdirSync, readdirSync } from 'node:fs';
 import type { BigIntStats } from 'node:fs';
+import { linkSync, lstatSync, mkdirSync, readdirSync } from 'node:fs';
 import path from 'node:path';
-import { wrap } from '../core/errors.ts';
-import { removeTree } from '../core/fs/safe.ts';
-import { native } from '../core/native/index.ts';
+import { wrap } from '../errors.ts';
+import { isOverlayXattr, lstatOrUndefined, syncDirMeta } from '../fs/meta.ts';
+import { removeTree } from '../fs/safe.ts';
+import { lutimesNs, native } from '../native/index.ts';
 
 const OPAQUE = 'trusted.overlay.opaque';
 const Y = Buffer.from('y');
 
-function isOverlayPrivate(name: string): boolean {
-  return name.startsWith('trusted.overlay.');
-}
-
-/** Makes `dst`'s mode, owner and xattrs those of directory `src` (keeping dst's opaque marker). */
-function syncDirMeta(
-  src: string,
-  dst: string,
-  st: { mode: bigint; uid: bigint; gid: bigint },
-  root = false,
-): void {
-  const n = native();
-  const want = new Map<string, Buffer>();
-  for (const name of n.llistxattr(src)) {
-    if (isOverlayPrivate(name) && (name !== OPAQUE || root)) continue;
-    const v = n.lgetxattr(src, name);
-    if (v) want.set(name, v);
-  }
-  for (const name of n.llistxattr(dst)) {
-    if (isOverlayPrivate(name)) continue;
-    if (!want.has(name)) n.lremovexattr(dst, name);
-  }
-  for (const [name, v] of want) n.lsetxattr(dst, name, v, 0);
-  // chown before chmod: chown clears set-id bits.
-  lchownSync(dst, Number(st.uid), Number(st.gid));
-  chmodSync(dst, Number(st.mode) & 0o7777);
-}
-
-function setTimes(dst: string, st: { atimeNs: bigint; mtimeNs: bigint }): void {
-  const NS = 1_000_000_000n;
-  native().lutimensat(
-    dst,
-    Number(st.atimeNs / NS),
-    Number(st.atimeNs % NS),
-    Number(st.mtimeNs / NS),
-    Number(st.mtimeNs % NS),
-  );
-}
-
-function lstatMaybe(p: string): BigIntStats | undefined {
-  try {
-    return lstatSync(p, { bigint: true });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw err;
-  }
-}
+/** A layer directory's xattrs carried to the target: the tree's own, and its opaque marker. */
+const carryOpaque = (name: string): boolean => name !== OPAQUE && isOverlayXattr(name);
 
 async function applyDir(src: string, dst: string, signal: AbortSignal | undefined): Promise<void> {
   signal?.throwIfAborted();
@@ -90,7 +48,7 @@ async function applyDir(src: string, dst: string, signal: AbortSignal | undefine
     const s = path.join(src, name);
     const d = path.join(dst, name);
     const st = lstatSync(s, { bigint: true });
-    const have = lstatMaybe(d);
+    const have = lstatOrUndefined(d);
     if (st.isDirectory()) {
       const opaque = native().lgetxattr(s, OPAQUE)?.equals(Y) ?? false;
       let replaced = false;
@@ -99,7 +57,8 @@ async function applyDir(src: string, dst: string, signal: AbortSignal | undefine
         replaced = true;
       }
       if (!have || replaced) mkdirSync(d);
-      syncDirMeta(s, d, st);
+      // The target's own opaque marker stays: only the layer's is carried.
+      syncDirMeta(s, st, d, { srcSkip: carryOpaque });
       if (replaced && !opaque) native().lsetxattr(d, OPAQUE, Y, 0);
       await applyDir(s, d, signal);
       dirs.push({ d, st });
@@ -109,16 +68,16 @@ async function applyDir(src: string, dst: string, signal: AbortSignal | undefine
     }
   }
   // Entries written above changed the directories' times: set them last.
-  for (const { d, st } of dirs) setTimes(d, st);
+  for (const { d, st } of dirs) lutimesNs(d, st.atimeNs, st.mtimeNs);
 }
 
 /** Applies layer directory `layerDir` onto `upperDir` (see the module comment). */
 export async function linkLayer(layerDir: string, upperDir: string, signal?: AbortSignal): Promise<void> {
   try {
     const st = lstatSync(layerDir, { bigint: true });
-    syncDirMeta(layerDir, upperDir, st, true);
+    syncDirMeta(layerDir, st, upperDir);
     await applyDir(layerDir, upperDir, signal);
-    setTimes(upperDir, st);
+    lutimesNs(upperDir, st.atimeNs, st.mtimeNs);
   } catch (err) {
     throw wrap(err, `link layer "${layerDir}" into "${upperDir}"`);
   }
