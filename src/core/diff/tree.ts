@@ -15,7 +15,8 @@
  * strings); others are refused with NotImplemented rather than mangled.
  */
 import type { BigIntStats } from 'node:fs';
-import { lstat, readdir } from 'node:fs/promises';
+import { lstatSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import * as path from 'node:path';
 import { isErrno, KilnError, wrap } from '../errors.ts';
 import { native } from '../native/index.ts';
@@ -34,7 +35,9 @@ export interface TreeView {
 
 export async function lstatMaybe(p: string): Promise<BigIntStats | undefined> {
   try {
-    return await lstat(p, { bigint: true });
+    // Synchronous on purpose: an lstat of a cached inode takes microseconds, far less than a
+    // round trip through libuv's thread pool, and walks make one per entry.
+    return lstatSync(p, { bigint: true, throwIfNoEntry: false });
   } catch (err) {
     if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR')) return undefined;
     throw wrap(err, `stat "${p}"`);
