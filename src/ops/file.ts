@@ -48,8 +48,17 @@ import type {
 import type { CacheMap, CacheMapDep, Op, OpContext, Result } from '../solver/types.ts';
 import { expandGlob, patternFilter } from './checksum.ts';
 import type { OpEnv } from './env.ts';
-import { copyEntry, lstatMaybe, mkdirAllInRoot, resolveInRoot, resolveOwner } from './fsutil.ts';
-import { localContentDigest } from './localsync.ts';
+import { snapshotLayerDirs, snapshotLowerDirs, snapshotUpperDir } from '../core/mount/mount.ts';
+import { makeLinker } from './copylink.ts';
+import {
+  type CopyOptions,
+  copyEntry,
+  lstatMaybe,
+  mkdirAllInRoot,
+  resolveInRoot,
+  resolveOwner,
+} from './fsutil.ts';
+import { LABEL_LOCAL_HARDLINKS, LABEL_LOCAL_KEY, localContentDigest } from './localsync.ts';
 import { hasGlob, PatternMatcher } from './patterns.ts';
 import { OpSession, type SnapshotRef, snapshotOf } from './refs.ts';
 import { unpackArchive } from './unpack.ts';
@@ -114,6 +123,7 @@ async function copyAction(
   root: string,
   a: FileActionCopy,
   signal: AbortSignal,
+  linkFile?: CopyOptions['linkFile'],
 ): Promise<void> {
   const what = `copy "${a.src}" to "${a.dest}"`;
   let sources: string[];
@@ -154,7 +164,11 @@ async function copyAction(
   };
   for (const src of sources) {
     // Hard links are kept within one source's tree, not across sources (as BuildKit).
-    const opts = { ...common, links: new Map<string, string>() };
+    const opts: CopyOptions = {
+      ...common,
+      links: new Map<string, string>(),
+      ...(linkFile ? { linkFile } : {}),
+    };
     const srcHost = await resolveInRoot(srcRoot, src, a.followSymlink);
     const st = await fs.stat(srcHost).catch(() => undefined);
     const lst = await fs.lstat(srcHost);
@@ -185,9 +199,17 @@ async function copyAction(
   }
 }
 
+/** An active snapshot: key, mount directory, and its upper and lower directories when known. */
+interface Work {
+  key: string;
+  dir: string;
+  upper: string | undefined;
+  lowers: string[] | undefined;
+}
+
 interface Tree {
-  /** Active snapshot key and its mount directory, when still open. */
-  open?: { key: string; dir: string };
+  /** Active snapshot key, its mount directory and its upper directory, when still open. */
+  open?: Work;
   /** Committed snapshot name, once committed (or the op input's snapshot). */
   committed?: string;
 }
@@ -253,6 +275,8 @@ export class FileOp implements Op {
     const trees: Tree[] = actions.map(() => ({}));
     const outputs: SnapshotRef[] = [];
     const views = new Map<string, string>();
+    /** Layer directories behind each mounted view, when its files may be linked (./copylink.ts). */
+    const viewLayers = new Map<string, string[] | undefined>();
     const commitTree = async (j: number): Promise<string> => {
       const t = trees[j]!;
       if (t.committed !== undefined) return t.committed;
@@ -272,8 +296,14 @@ export class FileOp implements Op {
       const snap = await snapshotFor(f);
       let dir = views.get(snap);
       if (!dir) {
-        dir = await session.mount(await session.view(snap));
+        const mounts = await session.view(snap);
+        dir = await session.mount(mounts);
         views.set(snap, dir);
+        // Not from a context snapshot with hard links of its own: its next sync could no longer
+        // tell its link groups from the links made here (localsync.ts).
+        const labels = snap ? (await session.sn.stat(snap)).labels : {};
+        const ownLinks = labels[LABEL_LOCAL_KEY] !== undefined && labels[LABEL_LOCAL_HARDLINKS] !== 'none';
+        viewLayers.set(dir, ownLinks ? undefined : snapshotLayerDirs(mounts));
       }
       return dir;
     };
@@ -282,7 +312,7 @@ export class FileOp implements Op {
         ctx.signal.throwIfAborted();
         const a: FileAction = actions[i]!;
         const from = a.input?.from;
-        let work: { key: string; dir: string };
+        let work: Work;
         if (
           from?.case === 'action' &&
           trees[from.value]!.open &&
@@ -294,7 +324,12 @@ export class FileOp implements Op {
         } else {
           const parent = await snapshotFor(a.input);
           const { key, mounts } = await session.prepare(parent);
-          work = { key, dir: await session.mount(mounts) };
+          work = {
+            key,
+            dir: await session.mount(mounts),
+            upper: snapshotUpperDir(mounts),
+            lowers: snapshotLowerDirs(mounts),
+          };
         }
         trees[i]!.open = work;
         const desc = describeAction(a);
@@ -311,7 +346,18 @@ export class FileOp implements Op {
               break;
             case 'copy': {
               const src = await readDir(a.secondaryInput);
-              await copyAction(src, work.dir, a.action.value, ctx.signal);
+              // Link instead of copying (./copylink.ts) on overlayfs, from a committed tree, when no
+              // later action reads this tree through its mount.
+              const layers = viewLayers.get(src);
+              const link =
+                session.sn.name === 'overlayfs' &&
+                layers &&
+                work.upper !== undefined &&
+                work.lowers !== undefined &&
+                uses[i] === 0
+                  ? makeLinker(src, layers, work.dir, work.upper, work.lowers)
+                  : undefined;
+              await copyAction(src, work.dir, a.action.value, ctx.signal, link);
               break;
             }
             default:

@@ -75,6 +75,13 @@ export interface CopyOptions {
   descend?: (rel: string) => boolean;
   /** Hard link tracking (dev:ino → copied path), shared across one copy action. */
   links?: Map<string, string>;
+  /**
+   * Makes `dst` a hard link of the file that backs `src` instead of a copy,
+   * when the copy would keep the source's owner, mode and times anyway;
+   * returns false to have it copied. Every member of a hard-link group is
+   * offered, so a group stays one inode.
+   */
+  linkFile?: (src: string, dst: string, st: BigIntStats) => boolean;
   signal?: AbortSignal;
 }
 
@@ -120,6 +127,13 @@ function setMeta(
   if (opts.timestamp !== undefined) lutimesSync(dst, opts.timestamp, opts.timestamp);
   else if (created === undefined || created.mtimeNs !== st.mtimeNs || created.atimeNs !== st.atimeNs)
     lutimesNs(dst, st.atimeNs, st.mtimeNs);
+}
+
+/** Would the copy of a node with stat `st` keep its owner, mode and times? */
+function keepsMeta(st: BigIntStats, opts: CopyOptions): boolean {
+  if (opts.timestamp !== undefined) return false;
+  if (opts.mode !== undefined && opts.mode !== Number(st.mode & 0o7777n)) return false;
+  return !opts.owner || (opts.owner.uid === Number(st.uid) && opts.owner.gid === Number(st.gid));
 }
 
 /**
@@ -244,6 +258,7 @@ async function copyNode(
     return true;
   }
   if (st.isFile()) {
+    if (opts.linkFile && keepsMeta(st, opts) && opts.linkFile(src, dst, st)) return true;
     const links = st.nlink > 1n ? opts.links : undefined;
     if (links) {
       const key = `${st.dev}:${st.ino}`;

@@ -25,7 +25,11 @@
  *   rsync trusts size + mtime. When the source mtime has no sub-second part
  *   (a coarse filesystem), regular files are also compared by content.
  *   Hard-linked files (link count > 1 on either side) are always copied
- *   again, so the target's link groups are exactly the context's. A
+ *   again, so the target's link groups are exactly the context's; except
+ *   that with `externalLinks` (the base was synced from a context without
+ *   hard links, label `kiln.io/local.hardlinks=none`) the target's count is
+ *   not looked at: its extra links are then the copy op's (file.ts links
+ *   files of a committed context into COPY layers), not groups of its own. A
  *   directory's mode, owner, xattrs and times are set again when they differ
  *   after its entries were synced.
  *
@@ -61,6 +65,11 @@ export const LABEL_LOCAL_CHECKSUM = 'kiln.io/local.checksum';
  * overlay lowerdir for whoever mounts the result.
  */
 export const MAX_LOCAL_DEPTH = 16;
+/**
+ * Label: `none` when the synced context had no hard-linked file (link count
+ * > 1), so that link counts above 1 in the snapshot come from outside.
+ */
+export const LABEL_LOCAL_HARDLINKS = 'kiln.io/local.hardlinks';
 
 /** What is sent of a context directory (see source.ts `localSpec`). */
 export interface LocalTree {
@@ -95,17 +104,17 @@ export function localSharedKey(parts: {
 export async function findLocalBase(
   sn: NamespacedSnapshotter,
   key: string,
-): Promise<{ name: string; depth: number } | undefined> {
-  let best: { name: string; depth: number; at: number } | undefined;
+): Promise<{ name: string; depth: number; hardlinks: boolean } | undefined> {
+  let best: { name: string; depth: number; at: number; hardlinks: boolean } | undefined;
   await sn.walk((info) => {
     if (info.kind !== 'committed' || info.labels[LABEL_LOCAL_KEY] !== key) return;
     const at = info.createdAt.getTime();
     const depth = Number.parseInt(info.labels[LABEL_LOCAL_DEPTH] ?? '', 10);
     if (!Number.isFinite(depth) || depth < 0) return;
     if (!best || at > best.at || (at === best.at && depth > best.depth))
-      best = { name: info.name, depth, at };
+      best = { name: info.name, depth, at, hardlinks: info.labels[LABEL_LOCAL_HARDLINKS] !== 'none' };
   });
-  return best && { name: best.name, depth: best.depth };
+  return best && { name: best.name, depth: best.depth, hardlinks: best.hardlinks };
 }
 
 /**
@@ -135,10 +144,14 @@ export interface SyncStats {
   dirsUpdated: number;
   /** Entries found unchanged. */
   unchanged: number;
+  /** Hard-linked files (distinct inodes with link count > 1) among the context's selected files. */
+  hardlinked: number;
 }
 
 export interface SyncOptions {
   signal?: AbortSignal;
+  /** The target's link counts include links from outside it (see the module comment). */
+  externalLinks?: boolean;
 }
 
 const S_IFMT = 0o170000n;
@@ -171,11 +184,11 @@ function sameContent(a: string, b: string): boolean {
 }
 
 /** Is the non-directory `dst` (stat `d`) the same as `src` (stat `s`)? */
-function sameNode(src: string, s: BigIntStats, dst: string, d: BigIntStats): boolean {
+function sameNode(src: string, s: BigIntStats, dst: string, d: BigIntStats, externalLinks: boolean): boolean {
   if ((s.mode & S_IFMT) !== (d.mode & S_IFMT)) return false;
   if (s.mode !== d.mode || s.uid !== d.uid || s.gid !== d.gid || s.mtimeNs !== d.mtimeNs) return false;
   if (s.isFile()) {
-    if (s.size !== d.size || s.nlink > 1n || d.nlink > 1n) return false;
+    if (s.size !== d.size || s.nlink > 1n || (!externalLinks && d.nlink > 1n)) return false;
   } else if (s.isSymbolicLink()) {
     if (readlinkSync(src) !== readlinkSync(dst)) return false;
   } else if (s.isCharacterDevice() || s.isBlockDevice()) {
@@ -191,6 +204,7 @@ interface SyncState {
   tree: LocalTree;
   links: Map<string, string>;
   signal: AbortSignal | undefined;
+  externalLinks: boolean;
   stats: SyncStats;
 }
 
@@ -254,7 +268,7 @@ async function syncDir(st: SyncState, src: string, dst: string, rel: string): Pr
       continue;
     }
     kept.add(name);
-    if (sameNode(srcChild, s, dstChild, d)) {
+    if (sameNode(srcChild, s, dstChild, d, st.externalLinks)) {
       st.stats.unchanged++;
       continue;
     }
@@ -277,8 +291,12 @@ export async function syncTree(tree: LocalTree, target: string, opts: SyncOption
     tree,
     links: new Map(),
     signal: opts.signal,
-    stats: { copied: 0, removed: 0, dirsUpdated: 0, unchanged: 0 },
+    externalLinks: opts.externalLinks ?? false,
+    stats: { copied: 0, removed: 0, dirsUpdated: 0, unchanged: 0, hardlinked: 0 },
   };
   await syncDir(st, tree.dir, target, '');
+  // Every selected source file with link count > 1 is copied (never found unchanged), and the
+  // copy records its inode in `links`.
+  st.stats.hardlinked = st.links.size;
   return st.stats;
 }

@@ -55,6 +55,7 @@ import {
   findLocalBase,
   LABEL_LOCAL_CHECKSUM,
   LABEL_LOCAL_DEPTH,
+  LABEL_LOCAL_HARDLINKS,
   LABEL_LOCAL_KEY,
   localSharedKey,
   MAX_LOCAL_DEPTH,
@@ -252,11 +253,12 @@ export class SourceOp implements Op {
           prepared = await session.prepare('');
         }
         const dir = await session.mount(prepared.mounts);
-        await syncTree(spec, dir, { signal });
+        const stats = await syncTree(spec, dir, { signal, externalLinks: base?.hardlinks === false });
         await session.unmount(dir);
         return await session.commitResult(prepared.key, this.#digest, {
           [LABEL_LOCAL_KEY]: shared,
           [LABEL_LOCAL_DEPTH]: String(base ? base.depth + 1 : 0),
+          ...(stats.hardlinked === 0 ? { [LABEL_LOCAL_HARDLINKS]: 'none' } : {}),
           ...(this.#localSum !== undefined ? { [LABEL_LOCAL_CHECKSUM]: this.#localSum } : {}),
         });
       } finally {

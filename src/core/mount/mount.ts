@@ -176,6 +176,31 @@ export function snapshotOwnDir(view: Mount[]): string | undefined {
   return splitLowerdir(lo.slice('lowerdir='.length)).find((d) => d !== '');
 }
 
+/**
+ * The directories a read-only view shows, topmost first: a bind mount's
+ * source, or the `lowerdir` list of an overlay without upperdir (none for
+ * other shapes, e.g. `lowerdir+` chains).
+ */
+export function snapshotLayerDirs(view: Mount[]): string[] | undefined {
+  if (view.length !== 1) return undefined;
+  const m = view[0]!;
+  if (m.type === 'bind') return [m.source];
+  if (m.type !== 'overlay' || m.options.some((o) => o.startsWith('upperdir=') || o.startsWith('lowerdir+=')))
+    return undefined;
+  const lo = m.options.find((o) => o.startsWith('lowerdir='));
+  return lo === undefined ? undefined : splitLowerdir(lo.slice('lowerdir='.length));
+}
+
+/** The lower directories of an active snapshot's overlay, topmost first ([] for a bind mount). */
+export function snapshotLowerDirs(active: Mount[]): string[] | undefined {
+  if (active.length !== 1) return undefined;
+  const m = active[0]!;
+  if (m.type === 'bind') return [];
+  if (m.type !== 'overlay' || m.options.some((o) => o.startsWith('lowerdir+='))) return undefined;
+  const lo = m.options.find((o) => o.startsWith('lowerdir='));
+  return lo === undefined ? [] : splitLowerdir(lo.slice('lowerdir='.length));
+}
+
 /** The directory an active snapshot writes to: its overlay's upperdir, or its bind mount's source (no parent). */
 export function snapshotUpperDir(active: Mount[]): string | undefined {
   if (active.length !== 1) return undefined;
