@@ -28,6 +28,12 @@ export interface Workload {
   cacheMount: boolean;
   /** Needs the package server (build arg PKG_BASE). */
   packages: boolean;
+  /**
+   * Creates tens of thousands of files: the suite waits after the resets
+   * until the deleted inodes no longer slow ext4's inode allocation (see
+   * docs/performance.md).
+   */
+  settle?: boolean;
   /** Writes the context into `dir` (which exists and is empty). */
   generate(dir: string): Promise<void>;
   /** Applies the one-line source change number `rev` (0 = the original line). */
@@ -240,6 +246,7 @@ export const WORKLOADS: readonly Workload[] = [
     bases: ['busybox'],
     cacheMount: false,
     packages: false,
+    settle: true,
     async generate(dir) {
       await dockerfile(this.id, dir);
       for (let d = 0; d < 100; d++) {

@@ -67,7 +67,7 @@ export interface WrittenLayer {
 
 /** Files up to this size are read whole, ahead of the tar writer. */
 const SMALL_FILE = 1 << 20;
-const PREFETCH_BYTES = 64 << 20;
+const PREFETCH_BYTES = 16 << 20;
 const PREFETCH_ITEMS = 512;
 const READ_CHUNK = 1 << 20;
 const BLOCK = 4 << 20;
