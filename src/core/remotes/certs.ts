@@ -18,7 +18,7 @@
  * (HttpClient caches the result for its lifetime).
  */
 import { readdir, readFile } from 'node:fs/promises';
-import { getCACertificates } from 'node:tls';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { errInvalidArgument, isErrno } from '../errors.ts';
 
@@ -117,5 +117,7 @@ export async function loadHostTLS(host: string, dirs: readonly string[]): Promis
 
 /** Node's default roots plus `extra`: what a connection to a host with a `.crt` trusts. */
 export function caBundle(extra: readonly string[]): string[] {
-  return [...getCACertificates('default'), ...extra];
+  // node:tls loaded on first use (an ESM import would load it at every command's start-up).
+  const tls = createRequire(import.meta.url)('node:tls') as typeof import('node:tls');
+  return [...tls.getCACertificates('default'), ...extra];
 }

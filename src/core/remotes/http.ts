@@ -25,9 +25,19 @@
  *   Content-Length 0 responses are discarded here), so that its socket can
  *   serve the next request.
  */
-import http from 'node:http';
-import https from 'node:https';
+import type http from 'node:http';
+import type https from 'node:https';
+import { createRequire } from 'node:module';
 import { DEFAULT_CERTS_DIRS, caBundle, type HostTLS, loadHostTLS } from './certs.ts';
+
+// Loaded on first use with require, not by an ESM import: the ESM facade of node:http reads every
+// export, including lazy ones that load undici, and node:https loads tls (~30 ms of start-up for
+// every command, registry or not).
+const require = createRequire(import.meta.url);
+let httpLoaded: typeof http | undefined;
+let httpsLoaded: typeof https | undefined;
+const httpMod = (): typeof http => (httpLoaded ??= require('node:http') as typeof http);
+const httpsMod = (): typeof https => (httpsLoaded ??= require('node:https') as typeof https);
 
 export interface HttpClientOptions {
   /** certs.d-style directories searched per host (default: docker's `/etc/docker/certs.d`). */
@@ -220,13 +230,13 @@ export class HttpClient {
         url.protocol === 'https:'
           ? loadHostTLS(url.host, this.certsDirs).then((tls) => ({
               tls,
-              agent: new https.Agent({
+              agent: new (httpsMod().Agent)({
                 ...common,
                 ...(tls && tls.ca.length > 0 ? { ca: caBundle(tls.ca) } : {}),
                 ...(tls?.client ? { cert: tls.client.cert, key: tls.client.key } : {}),
               }),
             }))
-          : Promise.resolve({ tls: undefined, agent: new http.Agent(common) });
+          : Promise.resolve({ tls: undefined, agent: new (httpMod().Agent)(common) });
       p.catch(() => this.#agents.delete(key)); // a bad certs folder is read again next time
       this.#agents.set(key, p);
     }
@@ -292,7 +302,7 @@ export class HttpClient {
     redirected: boolean,
   ): Promise<HttpResponse> {
     const { agent } = await this.#agent(url);
-    const mod = url.protocol === 'https:' ? https : http;
+    const mod = url.protocol === 'https:' ? httpsMod() : httpMod();
     const h = body !== undefined ? { ...headers, 'content-length': String(body.byteLength) } : headers;
     for (let attempt = 0; ; attempt++) {
       signal?.throwIfAborted();
