@@ -17,7 +17,8 @@ import { errNotFound, isKilnError } from '../core/errors.ts';
 import type { Core } from '../core/metadata/index.ts';
 import { removeTree } from '../core/fs/safe.ts';
 import { unmountAll } from '../core/mount/mount.ts';
-import { type OciRuntime, probeRuntime } from '../core/runtime/runtime.ts';
+import { selectRuntime } from '../core/containers/select.ts';
+import type { OciRuntime } from '../core/runtime/runtime.ts';
 import type { Definition, Op as OpPb } from '../gen/kiln/llb/v1/llb_pb.ts';
 import { parseDefinition } from '../llb/definition.ts';
 import { ContentChecksums } from '../ops/checksum.ts';
@@ -103,7 +104,8 @@ export class Worker {
   }
 
   runtime(): Promise<OciRuntime> {
-    this.#runtime ??= probeRuntime({ stateDir: path.join(this.core.root, 'runtime') }).then((r) => r.runtime);
+    // The runtime containers use, chosen once per state directory (probed only the first time).
+    this.#runtime ??= selectRuntime(this.core.root);
     this.#runtime.catch(() => {
       this.#runtime = undefined;
     });
