@@ -1,7 +1,8 @@
 /**
  * A snapshot driver's own metadata (the role of containerd's
  * snapshots/storage MetaStore): `<root>/metadata.db`, a small node:sqlite
- * database in WAL mode with synchronous=FULL, one per driver root.
+ * database in WAL mode with synchronous=NORMAL (durable at each checkpoint
+ * and at close, like ../metadata/db.ts), one per driver root.
  *
  * Each snapshot has a short numeric id (its directory name on disk, stable
  * across commit), a key (the active/view key or the committed name; keys of
@@ -129,7 +130,7 @@ export class MetaStore {
     let db: DatabaseSync;
     try {
       db = new DatabaseSync(file, { timeout: 5000 });
-      db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;');
+      db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;');
       const v = (db.prepare('PRAGMA user_version').get() as { user_version: number }).user_version;
       if (v > SCHEMA_VERSION) {
         throw errFailedPrecondition(
@@ -318,7 +319,14 @@ export class MetaStore {
     });
   }
 
+  /** Checkpoints the WAL (which syncs it) and closes. */
   close(): void {
-    if (this.#db.isOpen) this.#db.close();
+    if (!this.#db.isOpen) return;
+    try {
+      this.#db.exec('PRAGMA wal_checkpoint(PASSIVE)');
+    } catch {
+      // busy: the last connection's close checkpoints anyway
+    }
+    this.#db.close();
   }
 }
