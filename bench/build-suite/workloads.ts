@@ -29,9 +29,9 @@ export interface Workload {
   /** Needs the package server (build arg PKG_BASE). */
   packages: boolean;
   /**
-   * Creates tens of thousands of files: the suite waits after the resets
-   * until the deleted inodes no longer slow ext4's inode allocation (see
-   * docs/performance.md).
+   * Creates tens of thousands of files: the suite waits after the resets and
+   * after builds that delete many files until the deleted inodes no longer
+   * slow ext4's inode allocation (see docs/performance.md).
    */
   settle?: boolean;
   /** Writes the context into `dir` (which exists and is empty). */
