@@ -73,6 +73,36 @@ void describe('metadata database', () => {
     await fs.access(path.join(root, 'metadata.db'));
   });
 
+  void it('keeps a commit through a SIGKILL and leaves no WAL to replay after close', async () => {
+    const root = path.join(tmp, 'db-durable');
+    new MetadataDB(root).close();
+    // A child commits (synchronous=NORMAL: no fsync) and is killed before it closes anything.
+    const child = [
+      `import { MetadataDB } from ${JSON.stringify(path.join(import.meta.dirname, '../../src/core/metadata/db.ts'))};`,
+      `import { NamespaceStore } from ${JSON.stringify(path.join(import.meta.dirname, '../../src/core/metadata/namespaces.ts'))};`,
+      `const db = new MetadataDB(${JSON.stringify(root)});`,
+      `new NamespaceStore(db).create('committed-then-killed');`,
+      `process.kill(process.pid, 'SIGKILL');`,
+    ].join('\n');
+    assert.throws(() =>
+      execFileSync(process.execPath, ['--input-type=module', '-e', child], { stdio: 'pipe' }),
+    );
+    const db = new MetadataDB(root);
+    assert.equal(db.get<{ synchronous: number }>('PRAGMA synchronous')!.synchronous, 1, 'NORMAL');
+    assert.deepEqual(
+      new NamespaceStore(db).list().map((n) => n.name),
+      ['committed-then-killed'],
+    );
+    new NamespaceStore(db).create('second');
+    db.close();
+    // close() checkpointed: every commit is in the database file, the WAL is gone or empty.
+    const wal = await fs.stat(path.join(root, 'metadata.db-wal')).catch(() => undefined);
+    assert.ok(!wal || wal.size === 0, `WAL left with ${wal?.size} bytes`);
+    const raw = new DatabaseSync(path.join(root, 'metadata.db'), { readOnly: true });
+    assert.equal((raw.prepare('SELECT count(*) AS n FROM namespaces').get() as { n: number }).n, 2);
+    raw.close();
+  });
+
   void it('refuses a database from a newer kiln', async () => {
     const root = path.join(tmp, 'db-newer');
     new MetadataDB(root).close();
