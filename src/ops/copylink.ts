@@ -24,7 +24,10 @@
  *   the lower layers is copied up first, through the overlay, by a chown to
  *   its own owner); nothing but a whiteout (left by replacing a lower entry)
  *   is at the destination in the upper directory;
- * - link(2) succeeds (not EXDEV, EMLINK, EPERM).
+ * - link(2) succeeds (not EXDEV, EMLINK, EPERM);
+ * - overlayfs' metacopy is off (the default; `/sys/module/overlay/parameters/
+ *   metacopy`): with it, an upper file may hold only metadata and take its
+ *   data from below, and a link to it would carry no data.
  * fsutil offers only files whose owner, mode and times the copy would keep.
  * The file op does not link from a local-source snapshot whose context had
  * hard links of its own (label `kiln.io/local.hardlinks`): the next sync on
@@ -36,10 +39,24 @@
  * difference from a copy: such a file's link count is one more per
  * snapshot that shares it (a RUN step sees 2 or more).
  */
-import { type BigIntStats, lchownSync, linkSync, lstatSync, renameSync } from 'node:fs';
+import { type BigIntStats, lchownSync, linkSync, lstatSync, readFileSync, renameSync } from 'node:fs';
 import path from 'node:path';
 import { isErrno } from '../core/errors.ts';
 import { lstatOrUndefined } from '../core/fs/meta.ts';
+
+let metacopy: boolean | undefined;
+
+/** Whether overlayfs makes metadata-only copy-ups by default on this kernel. */
+function metacopyOn(): boolean {
+  if (metacopy === undefined) {
+    try {
+      metacopy = readFileSync('/sys/module/overlay/parameters/metacopy', 'utf8').trim() === 'Y';
+    } catch {
+      metacopy = true; // unknown: assume the worst
+    }
+  }
+  return metacopy;
+}
 
 /** Whether `rel` (from path.relative) stays inside its base. */
 function inside(rel: string): boolean {
@@ -57,7 +74,8 @@ export function makeLinker(
   destDir: string,
   upperDir: string,
   destLowers: readonly string[],
-): (src: string, dst: string, st: BigIntStats) => boolean {
+): ((src: string, dst: string, st: BigIntStats) => boolean) | undefined {
+  if (metacopyOn()) return undefined;
   return (src, dst, st) => {
     // Only an inode no other snapshot holds yet (see the module comment).
     if (st.nlink !== 1n) return false;

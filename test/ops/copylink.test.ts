@@ -188,6 +188,7 @@ test('the linker links only inodes no other snapshot holds, outside the destinat
     await fs.writeFile(`${dir}/src/y`, 'y\n');
     // The source tree is its own only layer; the destination is its own upper directory.
     const link = makeLinker(`${dir}/src`, [`${dir}/src`], `${dir}/dst`, `${dir}/dst`, []);
+    assert.ok(link, 'linking is on (overlayfs metacopy is off here)');
     await copyEntry(`${dir}/src/one`, `${dir}/dst/one`, { links: new Map(), linkFile: link });
     // A second copy of x: its inode is now held twice, so this one is a copy.
     await copyEntry(`${dir}/src/one/x`, `${dir}/dst/x2`, { links: new Map(), linkFile: link });
