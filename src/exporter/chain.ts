@@ -77,8 +77,14 @@ export async function chainFromBuild(core: Core, img: BuiltImage, opts: ChainOpt
     const key = `extract-${tag} ${chainID}`;
     let committed = false;
     let made1 = false;
+    let viewed = false;
     try {
-      const src = ownDir(await sn.view(viewKey, layer.snapshot));
+      // The export saw the snapshot's own directory when it computed the layer; else a view finds it.
+      let src = layer.dir;
+      if (src === undefined) {
+        viewed = true;
+        src = ownDir(await sn.view(viewKey, layer.snapshot));
+      }
       const active = await sn.prepare(key, i === 0 ? undefined : (chain[i - 1] as Digest), {
         labels: { [LABEL_SNAPSHOT_REF]: chainID },
       });
@@ -98,7 +104,7 @@ export async function chainFromBuild(core: Core, img: BuiltImage, opts: ChainOpt
       throw wrap(err, `make chain snapshot ${chainID} from build snapshot "${layer.snapshot}"`);
     } finally {
       if (!committed) await sn.remove(key).catch(() => {});
-      await sn.remove(viewKey).catch(() => {});
+      if (viewed) await sn.remove(viewKey).catch(() => {});
     }
     if (made1) made++;
   }

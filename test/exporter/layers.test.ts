@@ -27,7 +27,7 @@ import {
   snapshotLayers,
   sourceDateEpochFrom,
 } from '../../src/exporter/index.ts';
-import { fastUpper } from '../../src/exporter/layers.ts';
+import { fastUpper, parentView } from '../../src/exporter/layers.ts';
 import { makeBusyboxLayout } from '../core/fixtures/busybox-image.ts';
 import { busyboxRootfs } from '../core/fixtures/images.ts';
 import { chainConfig, makeChain, snapshotTree, step } from './fixtures.ts';
@@ -60,6 +60,7 @@ void describe('snapshot layers and image assembly', () => {
       const upper = await sn.view(`${name}-upper`, name);
       try {
         assert.equal(overlayFastPath(lower, upper), undefined, 'a plain view is not an upperdir');
+        assert.deepEqual(parentView(upper), lower, "the parent's view, derived from the snapshot's");
         const ov = overlayFastPath(lower, fastUpper(upper));
         assert.ok(ov, `fast path for ${name}`);
         const fast = await compare(lower, fastUpper(upper), other);
