@@ -48,7 +48,7 @@ import { errInvalidArgument, isKilnError, wrap } from '../core/errors.ts';
 import { blobCompression, blobHead, recompressBlob, sniffCompression } from '../core/images/convert.ts';
 import type { Descriptor } from '../core/images/types.ts';
 import type { Core, NamespacedSnapshotter, SnapshotterName } from '../core/metadata/index.ts';
-import { escapeOverlayPath, snapshotOwnDir, splitLowerdir } from '../core/mount/mount.ts';
+import { escapeOverlayPath, snapshotLayerDirs, snapshotOwnDir } from '../core/mount/mount.ts';
 import type { Mount, SnapshotInfo } from '../core/snapshots/types.ts';
 
 /** Label unpack puts on the snapshots it makes (value: the chain ID). */
@@ -249,6 +249,13 @@ async function knownBlob(
   return undefined;
 }
 
+/** The layer directories of an overlay view of a snapshot with a parent (2 or more), topmost first. */
+function overlayViewDirs(view: Mount[]): string[] | undefined {
+  if (view[0]?.type !== 'overlay') return undefined;
+  const dirs = snapshotLayerDirs(view);
+  return dirs && dirs.length >= 2 ? dirs : undefined;
+}
+
 /**
  * The upper mounts to hand to compare: for an overlay view (no upperdir, the
  * snapshot's own directory first among the lowerdirs), an unmounted overlay
@@ -256,13 +263,8 @@ async function knownBlob(
  * Exported for tests.
  */
 export function fastUpper(view: Mount[]): Mount[] {
-  if (view.length !== 1 || view[0]!.type !== 'overlay') return view;
-  const opts = view[0]!.options;
-  if (opts.some((o) => o.startsWith('upperdir=') || o.startsWith('lowerdir+='))) return view;
-  const lo = opts.find((o) => o.startsWith('lowerdir='));
-  if (!lo) return view;
-  const dirs = splitLowerdir(lo.slice('lowerdir='.length)).filter((d) => d !== '');
-  if (dirs.length < 2) return view;
+  const dirs = overlayViewDirs(view);
+  if (!dirs) return view;
   return [
     {
       type: 'overlay',
@@ -284,13 +286,8 @@ export function fastUpper(view: Mount[]): Mount[] {
  * Exported for tests.
  */
 export function parentView(view: Mount[]): Mount[] | undefined {
-  if (view.length !== 1 || view[0]!.type !== 'overlay') return undefined;
-  const opts = view[0]!.options;
-  if (opts.some((o) => o.startsWith('upperdir=') || o.startsWith('lowerdir+='))) return undefined;
-  const lo = opts.find((o) => o.startsWith('lowerdir='));
-  if (!lo) return undefined;
-  const dirs = splitLowerdir(lo.slice('lowerdir='.length)).filter((d) => d !== '');
-  if (dirs.length < 2) return undefined;
+  const dirs = overlayViewDirs(view);
+  if (!dirs) return undefined;
   const rest = dirs.slice(1);
   if (rest.length === 1) return [{ type: 'bind', source: rest[0]!, options: ['rbind', 'ro'] }];
   return [
