@@ -232,8 +232,9 @@ void describe('LocalContentStore on disk', () => {
     const { root, store } = await fresh();
     const w = await store.writer({ ref: 'zombie' });
     await w.close();
-    // `sleep 0` becomes a child of `sleep 30`, which never reaps it: a zombie with a known pid.
-    const sh = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 30'], {
+    // `sleep 0.3` becomes a child of `sleep 30`, which never reaps it: a zombie with a known pid.
+    // (It outlives the shell's exec: a child that exited before could be reaped by the shell.)
+    const sh = spawn('sh', ['-c', 'sleep 0.3 & echo $!; exec sleep 30'], {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     t.after(() => sh.kill('SIGKILL'));
