@@ -548,14 +548,24 @@ struct rd_out {
   size_t len, cap;
 };
 
+/*
+ * A buffer that holds at least `need` bytes: `buf` itself when `*cap` is
+ * enough, else `buf` reallocated to a capacity doubled from `first` (stored
+ * in `*cap`). NULL when out of memory; `buf` is then still valid.
+ */
+static void *grow_buf(void *buf, size_t *cap, size_t need, size_t first) {
+  if (need <= *cap) return buf;
+  size_t c = *cap ? *cap : first;
+  while (c < need) c *= 2;
+  void *nb = realloc(buf, c);
+  if (nb) *cap = c;
+  return nb;
+}
+
 static int out_reserve(struct rd_out *o, size_t more) {
-  if (o->len + more <= o->cap) return 1;
-  size_t cap = o->cap ? o->cap : 16384;
-  while (cap < o->len + more) cap *= 2;
-  unsigned char *nb = realloc(o->buf, cap);
+  unsigned char *nb = grow_buf(o->buf, &o->cap, o->len + more, 16384);
   if (!nb) return 0;
   o->buf = nb;
-  o->cap = cap;
   return 1;
 }
 
@@ -581,7 +591,7 @@ static napi_value js_readdir_stat(napi_env env, napi_callback_info info) {
   napi_value ret = NULL;
   int fd = -1;
   char *arena = NULL, *link = NULL;
-  size_t arena_len = 0, arena_cap = 0, nnames = 0, names_cap = 0;
+  size_t arena_len = 0, arena_cap = 0, nnames = 0, names_bytes = 0;
   struct rd_name *names = NULL;
   struct rd_out out = {0};
   char ebuf[4352];
@@ -606,27 +616,18 @@ static napi_value js_readdir_stat(napi_env env, napi_callback_info info) {
       const char *nm = d->d_name;
       if (nm[0] == '.' && (nm[1] == 0 || (nm[1] == '.' && nm[2] == 0))) continue;
       size_t l = strlen(nm);
-      if (arena_len + l + 1 > arena_cap) {
-        size_t cap = arena_cap ? arena_cap * 2 : 8192;
-        while (cap < arena_len + l + 1) cap *= 2;
-        char *na = realloc(arena, cap);
-        if (!na) {
-          throw_errno(env, ENOMEM, "readdirStat", dir);
-          goto done;
-        }
-        arena = na;
-        arena_cap = cap;
+      char *na = grow_buf(arena, &arena_cap, arena_len + l + 1, 8192);
+      if (!na) {
+        throw_errno(env, ENOMEM, "readdirStat", dir);
+        goto done;
       }
-      if (nnames == names_cap) {
-        size_t cap = names_cap ? names_cap * 2 : 256;
-        struct rd_name *nn = realloc(names, cap * sizeof *names);
-        if (!nn) {
-          throw_errno(env, ENOMEM, "readdirStat", dir);
-          goto done;
-        }
-        names = nn;
-        names_cap = cap;
+      arena = na;
+      struct rd_name *nn = grow_buf(names, &names_bytes, (nnames + 1) * sizeof *names, 256 * sizeof *names);
+      if (!nn) {
+        throw_errno(env, ENOMEM, "readdirStat", dir);
+        goto done;
       }
+      names = nn;
       memcpy(arena + arena_len, nm, l + 1);
       names[nnames].off = arena_len;
       names[nnames].len = l;
@@ -668,18 +669,14 @@ static napi_value js_readdir_stat(napi_env env, napi_callback_info info) {
       }
       flags |= READDIR_F_GONE;
     } else if (S_ISLNK(st.st_mode)) {
+      size_t need = (size_t)st.st_size + 1;
       for (;;) {
-        size_t want = (size_t)st.st_size + 1 > link_cap ? (size_t)st.st_size + 1 : link_cap;
-        if (want < 256) want = 256;
-        if (want > link_cap) {
-          char *nl = realloc(link, want);
-          if (!nl) {
-            throw_errno(env, ENOMEM, "readdirStat", dir);
-            goto done;
-          }
-          link = nl;
-          link_cap = want;
+        char *nl = grow_buf(link, &link_cap, need, 256);
+        if (!nl) {
+          throw_errno(env, ENOMEM, "readdirStat", dir);
+          goto done;
         }
+        link = nl;
         ssize_t r = readlinkat(fd, nm, link, link_cap);
         if (r < 0) {
           if (errno == ENOENT || errno == EINVAL) { /* gone, or replaced by a non-link */
@@ -694,13 +691,7 @@ static napi_value js_readdir_stat(napi_env env, napi_callback_info info) {
           llen = (size_t)r;
           break;
         }
-        link_cap *= 2;
-        char *nl = realloc(link, link_cap);
-        if (!nl) {
-          throw_errno(env, ENOMEM, "readdirStat", dir);
-          goto done;
-        }
-        link = nl;
+        need = link_cap + 1; /* the target grew since the lstat */
       }
     }
     size_t rec = (READDIR_FIXED + nlen + llen + 7) & ~(size_t)7;

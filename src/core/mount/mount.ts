@@ -161,19 +161,11 @@ export function splitLowerdir(value: string): string[] {
   return out.filter((s) => s !== '');
 }
 
-/**
- * The own directory of a snapshot, from the mounts of a view of it: a bind
- * mount's source, or the topmost `lowerdir` of a read-only overlay (none for
- * other shapes, e.g. `lowerdir+` chains).
- */
-export function snapshotOwnDir(view: Mount[]): string | undefined {
-  if (view.length !== 1) return undefined;
-  const m = view[0]!;
-  if (m.type === 'bind') return m.source;
-  if (m.type !== 'overlay') return undefined;
+/** An overlay mount's `lowerdir` list, topmost first: [] without one, undefined for `lowerdir+` chains. */
+function overlayLowerdirs(m: Mount): string[] | undefined {
+  if (m.options.some((o) => o.startsWith('lowerdir+='))) return undefined;
   const lo = m.options.find((o) => o.startsWith('lowerdir='));
-  if (!lo || m.options.some((o) => o.startsWith('lowerdir+='))) return undefined;
-  return splitLowerdir(lo.slice('lowerdir='.length)).find((d) => d !== '');
+  return lo === undefined ? [] : splitLowerdir(lo.slice('lowerdir='.length));
 }
 
 /**
@@ -185,10 +177,14 @@ export function snapshotLayerDirs(view: Mount[]): string[] | undefined {
   if (view.length !== 1) return undefined;
   const m = view[0]!;
   if (m.type === 'bind') return [m.source];
-  if (m.type !== 'overlay' || m.options.some((o) => o.startsWith('upperdir=') || o.startsWith('lowerdir+=')))
-    return undefined;
-  const lo = m.options.find((o) => o.startsWith('lowerdir='));
-  return lo === undefined ? undefined : splitLowerdir(lo.slice('lowerdir='.length));
+  if (m.type !== 'overlay' || m.options.some((o) => o.startsWith('upperdir='))) return undefined;
+  const dirs = overlayLowerdirs(m);
+  return dirs?.length ? dirs : undefined;
+}
+
+/** The own directory of a snapshot, from the mounts of a view of it: the topmost of its layer directories. */
+export function snapshotOwnDir(view: Mount[]): string | undefined {
+  return snapshotLayerDirs(view)?.[0];
 }
 
 /** The lower directories of an active snapshot's overlay, topmost first ([] for a bind mount). */
@@ -196,9 +192,7 @@ export function snapshotLowerDirs(active: Mount[]): string[] | undefined {
   if (active.length !== 1) return undefined;
   const m = active[0]!;
   if (m.type === 'bind') return [];
-  if (m.type !== 'overlay' || m.options.some((o) => o.startsWith('lowerdir+='))) return undefined;
-  const lo = m.options.find((o) => o.startsWith('lowerdir='));
-  return lo === undefined ? [] : splitLowerdir(lo.slice('lowerdir='.length));
+  return m.type === 'overlay' ? overlayLowerdirs(m) : undefined;
 }
 
 /** The directory an active snapshot writes to: its overlay's upperdir, or its bind mount's source (no parent). */
