@@ -43,6 +43,14 @@ async function startAgent(sock: string): Promise<void> {
   throw new Error(`ssh-agent did not start on ${sock}`);
 }
 
+/** Starts an ssh-agent on `sock` holding one new ed25519 key with comment `comment` (file `tmp/<file>`). */
+async function agentWithKey(sock: string, comment: string, file: string): Promise<void> {
+  await startAgent(sock);
+  const key = path.join(tmp, file);
+  await execFileAsync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', comment, '-f', key]);
+  await execFileAsync('ssh-add', [key], { env: { SSH_AUTH_SOCK: sock } });
+}
+
 async function sshAddList(sock: string): Promise<{ code: number; out: string }> {
   try {
     const { stdout } = await execFileAsync('ssh-add', ['-l'], { env: { SSH_AUTH_SOCK: sock } });
@@ -186,19 +194,7 @@ test('missing secrets: required fails naming the id, optional leaves the variabl
 
 test('forwardSocket relays a real ssh agent and applies owner and mode', async () => {
   const agent = path.join(tmp, 'fwd-agent.sock');
-  await startAgent(agent);
-  await execFileAsync('ssh-keygen', [
-    '-q',
-    '-t',
-    'ed25519',
-    '-N',
-    '',
-    '-C',
-    'fwd-key',
-    '-f',
-    path.join(tmp, 'fwd'),
-  ]);
-  await execFileAsync('ssh-add', [path.join(tmp, 'fwd')], { env: { SSH_AUTH_SOCK: agent } });
+  await agentWithKey(agent, 'fwd-key', 'fwd');
   const f = await forwardSocket(path.join(tmp, 'fwd.sock'), agent, { uid: 1234, gid: 99, mode: 0o660 });
   try {
     const st = await fs.lstat(f.path);
@@ -216,32 +212,8 @@ test('forwardSocket relays a real ssh agent and applies owner and mode', async (
 test('two ssh ids: the RUN sees both agents at their targets with their owners and modes', async () => {
   const sockA = path.join(tmp, 'a.sock');
   const sockB = path.join(tmp, 'b.sock');
-  await startAgent(sockA);
-  await startAgent(sockB);
-  await execFileAsync('ssh-keygen', [
-    '-q',
-    '-t',
-    'ed25519',
-    '-N',
-    '',
-    '-C',
-    'key-of-a',
-    '-f',
-    path.join(tmp, 'ka'),
-  ]);
-  await execFileAsync('ssh-keygen', [
-    '-q',
-    '-t',
-    'ed25519',
-    '-N',
-    '',
-    '-C',
-    'key-of-b',
-    '-f',
-    path.join(tmp, 'kb'),
-  ]);
-  await execFileAsync('ssh-add', [path.join(tmp, 'ka')], { env: { SSH_AUTH_SOCK: sockA } });
-  await execFileAsync('ssh-add', [path.join(tmp, 'kb')], { env: { SSH_AUTH_SOCK: sockB } });
+  await agentWithKey(sockA, 'key-of-a', 'ka');
+  await agentWithKey(sockB, 'key-of-b', 'kb');
 
   // ssh-add and the libraries it loads, run inside the container through their own loader.
   const tools = path.join(tmp, 'tools');
