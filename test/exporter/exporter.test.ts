@@ -63,6 +63,9 @@ void describe('exporters on a built snapshot chain', () => {
   let haveDocker = false;
   const dockerImages: string[] = [];
   const tag = randomBytes(4).toString('hex');
+  /** One registry for the push tests, started by the first that needs it. */
+  let registry: Promise<Registry> | undefined;
+  const sharedRegistry = (): Promise<Registry> => (registry ??= startRegistry(join(work, 'reg')));
 
   before(async () => {
     work = await mkdtemp(join(tmpdir(), 'kiln-exporter-'));
@@ -75,6 +78,7 @@ void describe('exporters on a built snapshot chain', () => {
   });
 
   after(async () => {
+    await (await registry?.catch(() => undefined))?.stop();
     for (const img of dockerImages) await docker(['rmi', '-f', img]).catch(() => {});
     await core?.close();
     if (work) await rm(work, { recursive: true, force: true });
@@ -348,10 +352,7 @@ void describe('exporters on a built snapshot chain', () => {
   void describe('registry exporter', () => {
     let reg: Registry;
     before(async () => {
-      reg = await startRegistry(join(work, 'reg'));
-    });
-    after(async () => {
-      await reg?.stop();
+      reg = await sharedRegistry();
     });
 
     void test('a pushed image is pulled and run by docker', async (t) => {
@@ -386,10 +387,7 @@ void describe('exporters on a built snapshot chain', () => {
   void describe('push of a store image (uncompressed layers)', () => {
     let reg: Registry;
     before(async () => {
-      reg = await startRegistry(join(work, 'reg2'));
-    });
-    after(async () => {
-      await reg?.stop();
+      reg = await sharedRegistry();
     });
 
     void test('layers are gzipped on the way (same config); a second push reuses them; GC keeps them; docker runs it', async (t) => {
