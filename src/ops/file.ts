@@ -208,7 +208,7 @@ interface Work {
 }
 
 interface Tree {
-  /** Active snapshot key, its mount directory and its upper directory, when still open. */
+  /** The active snapshot, while still open. */
   open?: Work;
   /** Committed snapshot name, once committed (or the op input's snapshot). */
   committed?: string;
@@ -275,7 +275,7 @@ export class FileOp implements Op {
     const trees: Tree[] = actions.map(() => ({}));
     const outputs: SnapshotRef[] = [];
     const views = new Map<string, string>();
-    /** Layer directories behind each mounted view, when its files may be linked (./copylink.ts). */
+    /** Layer directories behind each mounted view whose files may be linked (./copylink.ts; overlayfs). */
     const viewLayers = new Map<string, string[] | undefined>();
     const commitTree = async (j: number): Promise<string> => {
       const t = trees[j]!;
@@ -299,11 +299,13 @@ export class FileOp implements Op {
         const mounts = await session.view(snap);
         dir = await session.mount(mounts);
         views.set(snap, dir);
-        // Not from a context snapshot with hard links of its own: its next sync could no longer
-        // tell its link groups from the links made here (localsync.ts).
-        const labels = snap ? (await session.sn.stat(snap)).labels : {};
-        const ownLinks = labels[LABEL_LOCAL_KEY] !== undefined && labels[LABEL_LOCAL_HARDLINKS] !== 'none';
-        viewLayers.set(dir, ownLinks ? undefined : snapshotLayerDirs(mounts));
+        if (session.sn.name === 'overlayfs') {
+          // Not from a context snapshot with hard links of its own: its next sync could no longer
+          // tell its link groups from the links made here (localsync.ts).
+          const labels = snap ? (await session.sn.stat(snap)).labels : {};
+          const ownLinks = labels[LABEL_LOCAL_KEY] !== undefined && labels[LABEL_LOCAL_HARDLINKS] !== 'none';
+          if (!ownLinks) viewLayers.set(dir, snapshotLayerDirs(mounts));
+        }
       }
       return dir;
     };
@@ -346,15 +348,11 @@ export class FileOp implements Op {
               break;
             case 'copy': {
               const src = await readDir(a.secondaryInput);
-              // Link instead of copying (./copylink.ts) on overlayfs, from a committed tree, when no
+              // Link instead of copying (./copylink.ts) from a committed tree on overlayfs, when no
               // later action reads this tree through its mount.
               const layers = viewLayers.get(src);
               const link =
-                session.sn.name === 'overlayfs' &&
-                layers &&
-                work.upper !== undefined &&
-                work.lowers !== undefined &&
-                uses[i] === 0
+                layers && work.upper !== undefined && work.lowers !== undefined && uses[i] === 0
                   ? makeLinker(src, layers, work.dir, work.upper, work.lowers)
                   : undefined;
               await copyAction(src, work.dir, a.action.value, ctx.signal, link);

@@ -76,10 +76,9 @@ export interface CopyOptions {
   /** Hard link tracking (dev:ino → copied path), shared across one copy action. */
   links?: Map<string, string>;
   /**
-   * Makes `dst` a hard link of the file that backs `src` instead of a copy,
-   * when the copy would keep the source's owner, mode and times anyway;
-   * returns false to have it copied. Every member of a hard-link group is
-   * offered, so a group stays one inode.
+   * Makes `dst` a hard link of the file that backs `src` instead of a copy
+   * (../ops/copylink.ts decides which files qualify); offered only files
+   * whose owner, mode and times the copy would keep. False: copied.
    */
   linkFile?: (src: string, dst: string, st: BigIntStats) => boolean;
   signal?: AbortSignal;
