@@ -9,8 +9,12 @@
  *   (a COPY whose wildcard matched nothing still records a layer);
  *   otherwise empty layers are left out.
  * - Config: `rootfs.diff_ids` = the layers' diff IDs (the frontend's list is
- *   replaced); `created` = now, or SOURCE_DATE_EPOCH; history entries without
- *   `created` get it, and with SOURCE_DATE_EPOCH later ones are clamped to it.
+ *   replaced). Times follow BuildKit: a history entry without `created`
+ *   takes the commit time of its layer's snapshot, or, without a layer, the
+ *   time of the entry before it; the config's `created` is the last entry's.
+ *   A rebuild answered from the cache thus gives the same image ID. With
+ *   SOURCE_DATE_EPOCH, new entries and `created` get it instead and later
+ *   times are clamped to it. `now` is used only when there is no history.
  *   History is made consistent with the layers: surplus non-empty entries
  *   (from the last) become `empty_layer` and missing ones are appended (created_by
  *   names the snapshot, comment `kiln.exporter.image.v0`).
@@ -145,7 +149,7 @@ function keptLayers(history: readonly HistoryEntry[], all: SnapshotLayer[]): Sna
 function normalizeHistory(
   history: HistoryEntry[],
   all: SnapshotLayer[],
-  created: string,
+  fallback: string,
   sourceDateEpoch: number | undefined,
 ): HistoryEntry[] {
   const out = history.map((h) => ({ ...h }));
@@ -159,18 +163,34 @@ function normalizeHistory(
   if (missing > 0) {
     out.unshift(
       ...layers.slice(0, missing).map((l) => ({
-        created,
         created_by: `layer ${l.diffID}`,
         comment: 'kiln.exporter.image.v0',
       })),
     );
   }
-  const limit = sourceDateEpoch === undefined ? undefined : sourceDateEpoch * 1000;
-  for (const h of out) {
-    if (h.created === undefined) h.created = created;
-    else if (limit !== undefined) {
-      const t = Date.parse(h.created);
-      if (!Number.isNaN(t) && t > limit) h.created = created;
+  if (sourceDateEpoch !== undefined) {
+    // Every new entry gets SOURCE_DATE_EPOCH; later ones (a base image's) are clamped to it.
+    const limit = sourceDateEpoch * 1000;
+    for (const h of out) {
+      if (h.created === undefined) h.created = fallback;
+      else {
+        const t = Date.parse(h.created);
+        if (!Number.isNaN(t) && t > limit) h.created = fallback;
+      }
+    }
+  } else {
+    // As BuildKit: a new layer's entry takes the time its snapshot was committed, so that a
+    // build answered from the cache gives the same config (and image ID) again; an entry
+    // without a layer takes the time of the entry before it.
+    let layer = 0;
+    let last: string | undefined;
+    for (const h of out) {
+      if (!h.empty_layer) {
+        const at = layers[layer++]?.createdAt;
+        if (h.created === undefined && at !== undefined) h.created = formatTime(at);
+      }
+      h.created ??= last ?? fallback;
+      last = h.created;
     }
   }
   // A fixed key order for deterministic bytes.
@@ -221,9 +241,11 @@ export async function buildImage(core: Core, opts: BuildImageOptions): Promise<B
           ...(opts.progress ? { progress: opts.progress } : {}),
         });
   const layers = keptLayers(opts.config.history ?? [], all);
-  const created = formatTime(sde !== undefined ? new Date(sde * 1000) : (opts.now?.() ?? new Date()));
+  const fallback = formatTime(sde !== undefined ? new Date(sde * 1000) : (opts.now?.() ?? new Date()));
   const src = opts.config;
-  const history = normalizeHistory(src.history ?? [], all, created, sde);
+  const history = normalizeHistory(src.history ?? [], all, fallback, sde);
+  // As BuildKit: the image was created when its last history entry was (SOURCE_DATE_EPOCH, if set).
+  const created = sde === undefined ? (history.at(-1)?.created ?? fallback) : fallback;
   const diffIDs = layers.map((l) => l.diffID);
   // `created` first, then the frontend's fields in their order, then rootfs and history.
   const { created: _created, rootfs: _rootfs, history: _history, ...rest } = src;

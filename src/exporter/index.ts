@@ -44,7 +44,7 @@ export {
   type ExportSource,
   getExporter,
 } from './exporters.ts';
-export { type BuildImageOptions, type BuiltImage, buildImage } from './image.ts';
+export { type BuildImageOptions, type BuiltImage, buildImage, formatTime } from './image.ts';
 export { EMPTY_LAYER_DIFF_ID, type LayerOptions, type SnapshotLayer, snapshotLayers } from './layers.ts';
 
 export interface OutputSpec {

@@ -92,6 +92,8 @@ export interface SnapshotLayer {
   source: 'label' | 'unpacked' | 'computed' | 'converted';
   /** The snapshot's own directory, when this export saw it (overlayfs, computed layers). */
   dir?: string;
+  /** When the snapshot was committed: the time of its history entry (./image.ts). */
+  createdAt?: Date;
 }
 
 const COMPRESSIONS: readonly Compression[] = ['gzip', 'zstd', 'none'];
@@ -382,6 +384,7 @@ export async function snapshotLayers(
             diffID: found.diffID,
             empty: found.diffID === EMPTY_LAYER_DIFF_ID,
             source: found.source,
+            createdAt: info.createdAt,
             ...(dir !== undefined ? { dir } : {}),
           };
           opts.progress?.(layer);
