@@ -34,7 +34,7 @@
  * Kiln.
  *
  * Run: `npm run bench -- build-suite`, or `npx node bench/build-suite.ts
- * [--runs N] [--only 1,5] [--no-diff] [--no-profile]` (also through
+ * [--runs N] [--only 1,5] [--no-diff] [--no-profile] [--profile 1,5]` (also through
  * `npm run bench -- build-suite --runs 1`; or env KILN_BENCH_RUNS,
  * KILN_BENCH_ONLY, KILN_BENCH_NO_DIFF=1, KILN_BENCH_NO_PROFILE=1). Writes bench/results/build-suite.json and .md
  * (a run with --only or fewer than 3 runs writes /tmp/kiln-bench-build-suite.partial.*).
@@ -57,6 +57,7 @@ import {
   removeKilnRoot,
 } from '../test/differential/harness.ts';
 import { makePackages, WORKLOADS, type Workload } from './build-suite/workloads.ts';
+import { ensureCliBundle } from './lib/cli-bundle.ts';
 import { type ProfileSummary, summarizeProfiles } from './lib/cpuprofile.ts';
 
 const repo = fileURLToPath(new URL('..', import.meta.url));
@@ -87,6 +88,11 @@ const ONLY = (option('--only') ?? process.env.KILN_BENCH_ONLY ?? '')
   .filter(Boolean);
 const DIFF = !process.argv.includes('--no-diff') && !process.env.KILN_BENCH_NO_DIFF;
 const PROFILE = !process.argv.includes('--no-profile') && !process.env.KILN_BENCH_NO_PROFILE;
+/** Workloads whose Kiln builds are CPU-profiled after the timed runs (default 1 and 5). */
+const PROFILED = (option('--profile') ?? '1,5')
+  .split(',')
+  .map((s) => s.trim())
+  .filter(Boolean);
 
 // ---------------------------------------------------------------- processes
 
@@ -734,6 +740,7 @@ Regenerate with \`npm run bench -- build-suite\` (env KILN_BENCH_RUNS, KILN_BENC
 }
 
 async function main(): Promise<void> {
+  ensureCliBundle(repo);
   const t0 = performance.now();
   const loadStart = os.loadavg();
   const workloads = WORKLOADS.filter(
@@ -808,7 +815,7 @@ async function main(): Promise<void> {
           error: (err as Error).message.slice(0, 4000),
         };
       }
-      if (PROFILE && (w.id.startsWith('1-') || w.id.startsWith('5-'))) {
+      if (PROFILE && PROFILED.some((p) => w.id.startsWith(`${p}-`))) {
         try {
           profiles[w.id] = await profile(w, ctx);
         } catch (err) {

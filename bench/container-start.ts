@@ -32,6 +32,7 @@ import { openCore } from '../src/core/metadata/index.ts';
 import { unmountAll } from '../src/core/mount/mount.ts';
 import { generateSpec, writeSpec } from '../src/core/runtime/spec.ts';
 import { makeBusyboxLayout } from '../test/core/fixtures/busybox-image.ts';
+import { ensureCliBundle } from './lib/cli-bundle.ts';
 
 const RUNS = Number(process.env.KILN_BENCH_RUNS ?? 11);
 const repo = fileURLToPath(new URL('..', import.meta.url));
@@ -53,6 +54,7 @@ function timeCmd(argv: string[], env: NodeJS.ProcessEnv = process.env): number {
 }
 
 async function main(): Promise<void> {
+  ensureCliBundle(repo);
   const base = await mkdtemp(join(os.tmpdir(), 'kiln-bench-start-'));
   const root = join(base, 'root');
   const load0 = os.loadavg()[0]!;
