@@ -69,7 +69,7 @@ interface Decompressed {
 
 /** The decompressed bytes of `file`. */
 function openDecompressed(file: string, kind: Compression): Decompressed {
-  const raw = createReadStream(file);
+  const raw = createReadStream(file, { highWaterMark: 1 << 20 });
   // Errors after close (a decompressor killed mid-stream) have no reader left: ignore them.
   const quiet = (...streams: Array<{ on(e: 'error', f: () => void): unknown; destroy(): unknown }>): void => {
     for (const st of streams) {
