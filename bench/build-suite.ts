@@ -784,7 +784,11 @@ async function main(): Promise<void> {
         docker: version([DOCKER, 'version', '--format', '{{.Server.Version}}']),
         buildah: version(['buildah', '--version']),
         runc: version(['runc', '--version']),
-        kiln: `${version([KILN, '--version'])} (git ${version(['git', '-C', repo, 'rev-parse', '--short', 'HEAD'])}, work tree with uncommitted changes of other engineers)`,
+        kiln: `${version([KILN, '--version'])} (git ${version(['git', '-C', repo, 'rev-parse', '--short', 'HEAD'])}${
+          version(['git', '-C', repo, 'status', '--porcelain', '--untracked-files=no']) === ''
+            ? ''
+            : ', with uncommitted changes'
+        })`,
         node: `Node ${process.version}`,
       },
       baseImages: BASES,
