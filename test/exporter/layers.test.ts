@@ -22,6 +22,7 @@ import { setTempMountRoot } from '../../src/core/mount/mount.ts';
 import {
   buildImage,
   defaultCompression,
+  formatTime,
   parseOutputSpec,
   type SnapshotLayer,
   snapshotLayers,
@@ -184,8 +185,25 @@ void describe('snapshot layers and image assembly', () => {
     assert.equal(h[0]!.created_by, `layer ${ids[0]}`);
     assert.equal(h[1]!.created_by, `layer ${ids[1]}`);
     assert.equal(h[2]!.created_by, 'only');
-    assert.ok(h.every((x) => x.created === '2025-01-02T03:04:05Z'));
-    assert.equal(b.config.created, '2025-01-02T03:04:05Z');
+    // Without SOURCE_DATE_EPOCH an entry takes its layer's commit time, as in BuildKit, not `now`.
+    assert.deepEqual(
+      h.map((x) => x.created),
+      b.layers.map((l) => formatTime(l.createdAt!)),
+    );
+    assert.equal(b.config.created, h[2]!.created);
+    // `now` dates only what has no layer before it: here an image without layers.
+    const bare = chainConfig();
+    bare.history = [{ created_by: 'ENV X=1', empty_layer: true }];
+    const c = await buildImage(core, {
+      config: bare,
+      now: () => new Date('2025-01-02T03:04:05Z'),
+    });
+    core.leases.delete(c.lease);
+    assert.deepEqual(
+      c.config.history!.map((x) => x.created),
+      ['2025-01-02T03:04:05Z'],
+    );
+    assert.equal(c.config.created, '2025-01-02T03:04:05Z');
   });
 });
 
