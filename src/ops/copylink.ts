@@ -8,14 +8,24 @@
  * under either side. No file data is written and no inode is allocated.
  *
  * `makeLinker` returns the CopyOptions.linkFile hook (ops/fsutil.ts). It
- * links only when everything is certain, and otherwise says "copy":
- * - the file's link count is 1: its inode is in the source snapshot only.
- *   So an inode is in at most one layer of any chain (the source's, or the
- *   one copy that linked it; a later copy of it gets its own inode) and
- *   everything that finds hard links by inode in a mounted tree (the copy's
- *   own link groups, the tar and local exporters) sees only real groups: two
- *   COPYs of one context file give two files, as in BuildKit. Hard-linked
- *   source files are copied (their groups kept by the copy);
+ * links only when everything is certain, and otherwise says "copy". The
+ * invariant it keeps: an inode is in at most one layer of any chain, so
+ * everything that finds hard links by inode in a mounted tree (the copy's
+ * own link groups, the tar and local exporters) sees only real groups: two
+ * COPYs of one context file into one chain give two files, as in BuildKit.
+ * A file is linked when
+ * - its link count is 1: its inode is in the source layer only; or
+ * - its inode was born in a context increment (a local-source snapshot whose
+ *   context had no hard links of its own, made with LABEL_LINKS_TRACKED), and no layer of the destination's
+ *   chain holds an inode of that context: every snapshot that receives such
+ *   an inode by a link (this copy, the merge op, the image exporter's chain
+ *   snapshots) records the context's key in its label `kiln.io/links.local`
+ *   (LABEL_LINKS_LOCAL), and the linker is given the keys of the
+ *   destination chain's labels (`LinkLineage.destKeys`). This is what lets
+ *   the COPY of a rebuild link the unchanged files that the previous build's
+ *   COPY layer (in another chain) already holds. The keys it linked from are
+ *   collected in `LinkLineage.linked`, for the new layer's label.
+ *   Other hard-linked source files are copied (their groups kept by the copy);
  * - the source's backing file is the topmost entry for its path among the
  *   view's layer directories, a regular file whose inode, size and mtime
  *   are those the mounted view shows, and that layer is not one of the
@@ -43,6 +53,13 @@ import { type BigIntStats, lchownSync, linkSync, lstatSync, readFileSync, rename
 import path from 'node:path';
 import { isErrno } from '../core/errors.ts';
 import { lstatOrUndefined } from '../core/fs/meta.ts';
+import {
+  heldKeys,
+  LABEL_LINKS_LOCAL,
+  LABEL_LINKS_TRACKED,
+  linkedKeys,
+  linkedKeysLabel,
+} from '../core/snapshots/links.ts';
 
 let metacopy: boolean | undefined;
 
@@ -63,6 +80,18 @@ function inside(rel: string): boolean {
   return rel !== '' && rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel);
 }
 
+/** Where linked inodes come from and where they may go (see the module comment). */
+export { heldKeys, LABEL_LINKS_LOCAL, LABEL_LINKS_TRACKED, linkedKeys, linkedKeysLabel };
+
+export interface LinkLineage {
+  /** Source layer directory → its context's key, for context increments without hard links of their own. */
+  localKeys: ReadonlyMap<string, string>;
+  /** Context keys whose inodes some layer of the destination's chain holds (its layers' labels). */
+  destKeys: ReadonlySet<string>;
+  /** Filled in: the context keys of the inodes linked. */
+  linked: Set<string>;
+}
+
 /**
  * The linkFile hook for a copy from the mounted view `srcDir` (backed by
  * `srcLayers`, topmost first) into the mounted active snapshot `destDir`
@@ -74,21 +103,25 @@ export function makeLinker(
   destDir: string,
   upperDir: string,
   destLowers: readonly string[],
+  lineage?: LinkLineage,
 ): ((src: string, dst: string, st: BigIntStats) => boolean) | undefined {
   if (metacopyOn()) return undefined;
   return (src, dst, st) => {
-    // Only an inode no other snapshot holds yet (see the module comment).
-    if (st.nlink !== 1n) return false;
+    // Shared inodes only from a context (see the module comment).
+    if (st.nlink !== 1n && (lineage === undefined || lineage.localKeys.size === 0)) return false;
     const relS = path.relative(srcDir, src);
     const relD = path.relative(destDir, dst);
     if (!inside(relS) || !inside(relD)) return false;
     let backing: string | undefined;
+    let key: string | undefined;
     for (const layer of srcLayers) {
       const p = path.join(layer, relS);
       const b = lstatOrUndefined(p);
       if (!b) continue;
       if (!b.isFile() || b.ino !== st.ino || b.size !== st.size || b.mtimeNs !== st.mtimeNs) return false;
       if (destLowers.includes(layer)) return false; // already in the destination's chain
+      key = lineage?.localKeys.get(layer);
+      if (st.nlink !== 1n && (key === undefined || lineage!.destKeys.has(key))) return false;
       backing = p;
       break;
     }
@@ -113,6 +146,7 @@ export function makeLinker(
       throw err;
     }
     if (existing) renameSync(linkAt, target);
+    if (key !== undefined) lineage!.linked.add(key);
     return true;
   };
 }

@@ -49,7 +49,14 @@ import type { CacheMap, CacheMapDep, Op, OpContext, Result } from '../solver/typ
 import { expandGlob, patternFilter } from './checksum.ts';
 import type { OpEnv } from './env.ts';
 import { snapshotLayerDirs, snapshotLowerDirs, snapshotUpperDir } from '../core/mount/mount.ts';
-import { makeLinker } from './copylink.ts';
+import {
+  LABEL_LINKS_LOCAL,
+  LABEL_LINKS_TRACKED,
+  heldKeys,
+  type LinkLineage,
+  linkedKeysLabel,
+  makeLinker,
+} from './copylink.ts';
 import {
   type CopyOptions,
   copyEntry,
@@ -205,6 +212,51 @@ interface Work {
   dir: string;
   upper: string | undefined;
   lowers: string[] | undefined;
+  /** Committed parent ('' for none): its chain's labels say which context inodes it holds. */
+  parent: string;
+  /** Context keys of the inodes linked into this tree (its result's LABEL_LINKS_LOCAL). */
+  linked?: Set<string>;
+}
+
+/**
+ * The context key of each layer of the view of `snap` (`layers`, topmost
+ * first, one per snapshot of its chain) that is a context increment without
+ * hard links of its own: the layers whose shared inodes may be linked.
+ */
+async function contextLayerKeys(
+  session: OpSession,
+  snap: string,
+  layers: readonly string[],
+): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  const chain: Record<string, string>[] = [];
+  for (let cur: string | undefined = snap || undefined; cur; ) {
+    const info = await session.sn.stat(cur);
+    chain.push(info.labels);
+    cur = info.parent;
+  }
+  if (chain.length !== layers.length) return out; // not one directory per snapshot: link nothing shared
+  chain.forEach((labels, i) => {
+    const key = labels[LABEL_LOCAL_KEY];
+    if (
+      key !== undefined &&
+      labels[LABEL_LOCAL_HARDLINKS] === 'none' &&
+      labels[LABEL_LINKS_TRACKED] === 'true'
+    )
+      out.set(layers[i]!, key);
+  });
+  return out;
+}
+
+/** Context keys whose inodes some snapshot of the chain of `snap` may hold (their labels; see copylink.ts). */
+async function chainLinkedKeys(session: OpSession, snap: string): Promise<Set<string>> {
+  const out = new Set<string>();
+  for (let cur: string | undefined = snap || undefined; cur; ) {
+    const info = await session.sn.stat(cur);
+    for (const k of heldKeys(info.labels)) out.add(k);
+    cur = info.parent;
+  }
+  return out;
 }
 
 interface Tree {
@@ -277,6 +329,8 @@ export class FileOp implements Op {
     const views = new Map<string, string>();
     /** Layer directories behind each mounted view whose files may be linked (./copylink.ts; overlayfs). */
     const viewLayers = new Map<string, string[] | undefined>();
+    /** Per view: its context increments' layer directories → context key (./copylink.ts). */
+    const viewKeys = new Map<string, Map<string, string>>();
     const commitTree = async (j: number): Promise<string> => {
       const t = trees[j]!;
       if (t.committed !== undefined) return t.committed;
@@ -304,7 +358,11 @@ export class FileOp implements Op {
           // tell its link groups from the links made here (localsync.ts).
           const labels = snap ? (await session.sn.stat(snap)).labels : {};
           const ownLinks = labels[LABEL_LOCAL_KEY] !== undefined && labels[LABEL_LOCAL_HARDLINKS] !== 'none';
-          if (!ownLinks) viewLayers.set(dir, snapshotLayerDirs(mounts));
+          if (!ownLinks) {
+            const layers = snapshotLayerDirs(mounts);
+            viewLayers.set(dir, layers);
+            if (layers) viewKeys.set(dir, await contextLayerKeys(session, snap, layers));
+          }
         }
       }
       return dir;
@@ -331,6 +389,7 @@ export class FileOp implements Op {
             dir: await session.mount(mounts),
             upper: snapshotUpperDir(mounts),
             lowers: snapshotLowerDirs(mounts),
+            parent,
           };
         }
         trees[i]!.open = work;
@@ -351,10 +410,16 @@ export class FileOp implements Op {
               // Link instead of copying (./copylink.ts) from a committed tree on overlayfs, when no
               // later action reads this tree through its mount.
               const layers = viewLayers.get(src);
-              const link =
-                layers && work.upper !== undefined && work.lowers !== undefined && uses[i] === 0
-                  ? makeLinker(src, layers, work.dir, work.upper, work.lowers)
-                  : undefined;
+              let link: ReturnType<typeof makeLinker>;
+              if (layers && work.upper !== undefined && work.lowers !== undefined && uses[i] === 0) {
+                work.linked ??= new Set();
+                const lineage: LinkLineage = {
+                  localKeys: viewKeys.get(src) ?? new Map(),
+                  destKeys: await chainLinkedKeys(session, work.parent),
+                  linked: work.linked,
+                };
+                link = makeLinker(src, layers, work.dir, work.upper, work.lowers, lineage);
+              }
               await copyAction(src, work.dir, a.action.value, ctx.signal, link);
               break;
             }
@@ -374,7 +439,10 @@ export class FileOp implements Op {
         const t = trees[i]!;
         if (t.open) {
           await session.unmount(t.open.dir);
-          outputs.push(await session.commitResult(t.open.key, this.#digest));
+          const keys = linkedKeysLabel(t.open.linked ?? []);
+          outputs.push(
+            await session.commitResult(t.open.key, this.#digest, keys ? { [LABEL_LINKS_LOCAL]: keys } : {}),
+          );
           t.open = undefined;
         } else {
           // Already committed as an intermediate: stack an empty change to get a result of its own.

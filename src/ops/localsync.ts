@@ -48,10 +48,10 @@ import path from 'node:path';
 import { sha256 } from '../core/digest.ts';
 import { lstatOrUndefined, readXattrs, sameXattrs, syncDirMeta } from '../core/fs/meta.ts';
 import type { NamespacedSnapshotter } from '../core/metadata/snapshots.ts';
+import { LABEL_LOCAL_KEY } from '../core/snapshots/links.ts';
 import { type CopyOptions, copyEntry } from './fsutil.ts';
 
-/** Label: which local source (shared key) a committed snapshot holds. */
-export const LABEL_LOCAL_KEY = 'kiln.io/local.key';
+export { LABEL_LOCAL_KEY };
 /** Label: increments since the last full copy (0 for a full copy). */
 export const LABEL_LOCAL_DEPTH = 'kiln.io/local.depth';
 /**

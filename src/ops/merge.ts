@@ -13,7 +13,10 @@
  * base image) are already present and are skipped. On overlayfs a layer is
  * applied by hard-linking its own directory's entries into the merge's
  * upper directory (core/diff/link.ts): no file data is read or written, only
- * directories and links are made. Elsewhere, or when a layer's directory is
+ * directories and links are made; except for a layer that may hold inodes of
+ * a build context that the merge's chain may already hold (labels, see
+ * ops/copylink.ts), which is applied as a copy so that no inode is in the
+ * chain twice. The merge's snapshot lists the contexts it received inodes of. Elsewhere, or when a layer's directory is
  * not known, it goes through one uncompressed tar stream (the diff service).
  * Stacking the inputs as overlay lowerdirs with no links at all would need
  * multi-parent snapshots in the snapshotter (future work).
@@ -29,6 +32,7 @@ import type { DiffOp as DiffOpPb, MergeOp as MergeOpPb } from '../gen/kiln/llb/v
 import type { CacheMap, Op, OpContext, Result } from '../solver/types.ts';
 import type { OpEnv } from './env.ts';
 import { linkLayer } from '../core/diff/link.ts';
+import { heldKeys, LABEL_LINKS_LOCAL, linkedKeysLabel } from './copylink.ts';
 import { OpSession, snapshotOf } from './refs.ts';
 
 /** The committed chain of `snapshot`, bottom first. */
@@ -78,17 +82,32 @@ export class MergeOp implements Op {
     try {
       const { key, mounts } = await session.prepare(snaps[0] ?? '');
       const base = new Set(snaps[0] ? await chainOf(session, snaps[0]) : []);
+      // Context inodes the merge's chain may already hold (ops/copylink.ts): a layer that may hold
+      // some of the same context's inodes is applied as a copy, so no inode is in the chain twice.
+      const held = new Set<string>();
+      for (const b of base) for (const k of heldKeys((await session.sn.stat(b)).labels)) held.add(k);
+      const linked = new Set<string>();
       const upper = session.sn.name === 'overlayfs' ? snapshotUpperDir(mounts) : undefined;
       for (const s of snaps.slice(1)) {
         const chain = await chainOf(session, s);
         for (let i = 0; i < chain.length; i++) {
           if (base.has(chain[i]!)) continue;
-          const own = upper === undefined ? undefined : snapshotOwnDir(await session.view(chain[i]!));
-          if (upper !== undefined && own !== undefined) await linkLayer(own, upper, ctx.signal);
-          else await layerOnto(session, i > 0 ? chain[i - 1] : undefined, chain[i]!, mounts, ctx.signal);
+          const keys = heldKeys((await session.sn.stat(chain[i]!)).labels);
+          const own =
+            upper === undefined || keys.some((k) => held.has(k))
+              ? undefined
+              : snapshotOwnDir(await session.view(chain[i]!));
+          if (upper !== undefined && own !== undefined) {
+            await linkLayer(own, upper, ctx.signal);
+            for (const k of keys) {
+              held.add(k);
+              linked.add(k);
+            }
+          } else await layerOnto(session, i > 0 ? chain[i - 1] : undefined, chain[i]!, mounts, ctx.signal);
         }
       }
-      return [await session.commitResult(key, this.#digest)];
+      const keys = linkedKeysLabel(linked);
+      return [await session.commitResult(key, this.#digest, keys ? { [LABEL_LINKS_LOCAL]: keys } : {})];
     } finally {
       await session.close();
     }

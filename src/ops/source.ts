@@ -47,6 +47,7 @@ import type { Platform, SourceOp as SourceOpPb } from '../gen/kiln/llb/v1/llb_pb
 import { ATTR } from '../llb/source.ts';
 import type { CacheMap, Op, OpContext, Result } from '../solver/types.ts';
 import { checksumTree, patternFilter } from './checksum.ts';
+import { LABEL_LINKS_TRACKED } from './copylink.ts';
 import type { OpEnv } from './env.ts';
 import { copyEntry, lstatMaybe } from './fsutil.ts';
 import { hashCacheFor } from './hashcache.ts';
@@ -259,6 +260,7 @@ export class SourceOp implements Op {
           [LABEL_LOCAL_KEY]: shared,
           [LABEL_LOCAL_DEPTH]: String(base ? base.depth + 1 : 0),
           ...(stats.hardlinked === 0 ? { [LABEL_LOCAL_HARDLINKS]: 'none' } : {}),
+          [LABEL_LINKS_TRACKED]: 'true',
           ...(this.#localSum !== undefined ? { [LABEL_LOCAL_CHECKSUM]: this.#localSum } : {}),
         });
       } finally {

@@ -199,6 +199,28 @@ describe('kiln build', () => {
     assert.equal(run.stdout, 'version-1\ngoodbye kiln\nwho=tester\n/app\n');
   });
 
+  test('a COPY of the context onto an image that holds its files (linked) gets files of its own', async () => {
+    // The first image's COPY layer shares the context's inodes, and so do its chain snapshots
+    // (the image store's rootfs); a build FROM it copying the same context must not put one
+    // inode into its chain twice (two paths, one file), even on a rebuild.
+    const dir = await context('linked-chain', {
+      'f.txt': 'one\n',
+      'Dockerfile.base': 'FROM busybox\nCOPY f.txt /app/f.txt\n',
+      Dockerfile:
+        'FROM chain-base:1\nCOPY f.txt /app2/f.txt\n' +
+        'RUN test "$(stat -c %i /app/f.txt)" != "$(stat -c %i /app2/f.txt)" && ' +
+        'test "$(stat -c %h /app2/f.txt)" -ge 1 && echo DISTINCT\n',
+    });
+    const b = await kiln(['build', '-f', path.join(dir, 'Dockerfile.base'), '-t', 'chain-base:1', dir]);
+    assert.equal(b.code, 0, b.stderr);
+    for (const n of [1, 2]) {
+      if (n === 2) await writeFile(path.join(dir, 'other.txt'), 'a rebuild with a changed context\n');
+      const r = await kiln(['build', '--progress=plain', '--no-cache', '-t', 'chain-top:1', dir]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stderr, /DISTINCT/);
+    }
+  });
+
   test('RUN has the network by default, as with BuildKit (sandbox runs on the host network for now)', async () => {
     const dir = await context('net-default', {
       Dockerfile: 'FROM busybox\nRUN echo "nets=$(ls /sys/class/net | wc -l)"\n',

@@ -20,7 +20,7 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { snapshotOwnDir } from '../../src/core/mount/mount.ts';
 import { native } from '../../src/core/native/index.ts';
-import { copy, local, marshal, mkdir, scratch, type State } from '../../src/llb/index.ts';
+import { copy, local, marshal, merge, mkdir, scratch, type State } from '../../src/llb/index.ts';
 import { makeLinker } from '../../src/ops/copylink.ts';
 import { copyEntry } from '../../src/ops/fsutil.ts';
 import { OpSession, snapshotOf } from '../../src/ops/refs.ts';
@@ -245,4 +245,55 @@ test('after a linked COPY, the next sync of the context copies only what changed
     await fs.rm(`${ctxDir}/sub/deeper/changed.txt`);
     await Promise.all([first.release(), r.release()]);
   }
+});
+
+test("a rebuild's COPY links the unchanged files the previous COPY layer also holds", async () => {
+  const copyCtx = (): State =>
+    base.file(copy(ctx, '/', '/app', { copyDirContentsOnly: true, allowEmptyWildcard: true }));
+  const first = await solve(copyCtx());
+  const firstTree = await fx.read(first, (d) => snapshotTree(d));
+  await fs.writeFile(`${ctxDir}/added.txt`, 'added\n');
+  try {
+    const second = await solve(copyCtx());
+    const context = await solve(ctx);
+    const ctxTree = await fx.read(context, (d) => snapshotTree(d));
+    const tree = await fx.read(second, (d) => snapshotTree(d));
+    for (const rel of ['top.txt', 'sub/a.txt', 'sub/deeper/big.bin', 'run.sh', 'added.txt']) {
+      assert.equal(tree.get(`app/${rel}`)?.ino, ctxTree.get(rel)?.ino, `${rel} is the context's inode`);
+    }
+    assert.equal(tree.get('app/top.txt')?.ino, firstTree.get('app/top.txt')?.ino, 'shared with the first');
+    // The same tree a copy gives.
+    const copied = await solve(
+      base.file(copy(ctx, '/', '/app', { copyDirContentsOnly: true }).mkdir('/zz', 0o755)),
+    );
+    const b = await fx.read(copied, (d) => snapshotTree(d, ['zz']));
+    assert.deepEqual(comparable(tree), comparable(b));
+    await Promise.all([second.release(), context.release(), copied.release()]);
+  } finally {
+    await fs.rm(`${ctxDir}/added.txt`);
+    await first.release();
+  }
+});
+
+test('a second COPY of the context into the same chain, or merged into it, gets copies', async () => {
+  const cp = (st: State, dest: string): State =>
+    st.file(copy(ctx, '/', dest, { copyDirContentsOnly: true, createDestPath: true }));
+  // Two COPYs stacked: the second's chain holds the context's inodes (the first's label).
+  const stacked = await solve(cp(cp(scratch(), '/a'), '/b'));
+  // Each COPY on its own (both may link), then merged: the second is applied as a copy.
+  const merged = await solve(merge([cp(scratch(), '/a'), cp(scratch(), '/b')]));
+  // On top of an image-like chain made by merging a linked layer onto a base.
+  const onMerged = await solve(cp(merge([base, cp(scratch(), '/a')]), '/b'));
+  for (const [name, r] of [
+    ['stacked', stacked],
+    ['merged', merged],
+    ['copy onto a merge', onMerged],
+  ] as const) {
+    const t = await fx.read(r, (d) => snapshotTree(d));
+    const groups = comparable(t).groups;
+    assert.deepEqual(groups, [], `${name}: no file shares an inode with another`);
+    assert.equal(t.get('b/top.txt')?.body, Buffer.from('top\n').toString('base64'), name);
+    assert.notEqual(t.get('a/top.txt')?.ino, t.get('b/top.txt')?.ino, name);
+  }
+  await Promise.all([stacked.release(), merged.release(), onMerged.release()]);
 });
