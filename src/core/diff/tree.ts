@@ -15,7 +15,8 @@
  * strings); others are refused with NotImplemented rather than mangled.
  */
 import type { BigIntStats } from 'node:fs';
-import { lstatSync, readdirSync } from 'node:fs';
+import { lstatSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import * as path from 'node:path';
 import { isErrno, KilnError, wrap } from '../errors.ts';
 import { native } from '../native/index.ts';
@@ -75,9 +76,7 @@ export class PlainTree implements TreeView {
     const abs = rel === '' ? this.root : path.join(this.root, rel);
     let names: Buffer[];
     try {
-      // Synchronous for the same reason as lstatMaybe: listing a cached directory takes
-      // microseconds, the thread-pool round trip more (a 200-file layer: ~12 ms of 90).
-      names = readdirSync(abs, { encoding: 'buffer' });
+      names = await readdir(abs, { encoding: 'buffer' });
     } catch (err) {
       throw wrap(err, `list directory "${abs}"`);
     }
@@ -143,7 +142,7 @@ export class OverlayLowerTree implements TreeView {
     const seen = new Map<string, boolean>(); // name → visible
     for (const i of layers) {
       const abs = rel === '' ? this.layers[i]! : path.join(this.layers[i]!, rel);
-      const entries = readdirSync(abs, { withFileTypes: true, encoding: 'buffer' });
+      const entries = await readdir(abs, { withFileTypes: true, encoding: 'buffer' });
       for (const e of entries) {
         const name = utf8Name(e.name, abs);
         if (seen.has(name)) continue;
