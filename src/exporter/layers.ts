@@ -49,6 +49,7 @@ import { blobCompression, blobHead, recompressBlob, sniffCompression } from '../
 import type { Descriptor } from '../core/images/types.ts';
 import type { Core, NamespacedSnapshotter, SnapshotterName } from '../core/metadata/index.ts';
 import { escapeOverlayPath, snapshotLayerDirs, snapshotOwnDir } from '../core/mount/mount.ts';
+import { snapshotChain } from '../core/snapshots/chain.ts';
 import type { Mount, SnapshotInfo } from '../core/snapshots/types.ts';
 
 /** Label unpack puts on the snapshots it makes (value: the chain ID). */
@@ -117,24 +118,6 @@ function limiter(n: number): <T>(fn: () => Promise<T>) => Promise<T> {
       waiting.shift()?.();
     }
   };
-}
-
-/** The chain of committed snapshots ending at `name`, root first. */
-export async function snapshotChain(sn: NamespacedSnapshotter, name: string): Promise<SnapshotInfo[]> {
-  const out: SnapshotInfo[] = [];
-  let cur: string | undefined = name;
-  const seen = new Set<string>();
-  while (cur !== undefined) {
-    if (seen.has(cur)) throw errInvalidArgument(`walk snapshot chain of "${name}": cycle at "${cur}"`);
-    seen.add(cur);
-    const info = await sn.stat(cur);
-    if (info.kind !== 'committed') {
-      throw errInvalidArgument(`export snapshot "${name}": "${cur}" is ${info.kind}, not committed`);
-    }
-    out.push(info);
-    cur = info.parent;
-  }
-  return out.reverse();
 }
 
 async function blobInfo(

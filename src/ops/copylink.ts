@@ -16,12 +16,13 @@
  * A file is linked when
  * - its link count is 1: its inode is in the source layer only; or
  * - its inode was born in a context increment (a local-source snapshot whose
- *   context had no hard links of its own, made with LABEL_LINKS_TRACKED), and no layer of the destination's
- *   chain holds an inode of that context: every snapshot that receives such
- *   an inode by a link (this copy, the merge op, the image exporter's chain
- *   snapshots) records the context's key in its label `kiln.io/links.local`
- *   (LABEL_LINKS_LOCAL), and the linker is given the keys of the
- *   destination chain's labels (`LinkLineage.destKeys`). This is what lets
+ *   context had no hard links of its own, labelled LABEL_LINKS_TRACKED), and
+ *   no layer of the destination's chain holds an inode of that context:
+ *   every snapshot that receives such an inode by a link (this copy, the
+ *   merge op, the image exporter's chain snapshots) records the context's
+ *   key in its label `kiln.io/links.local` (core/snapshots/links.ts), and
+ *   the linker is given the keys of the destination chain's labels
+ *   (`LinkLineage.destKeys`). This is what lets
  *   the COPY of a rebuild link the unchanged files that the previous build's
  *   COPY layer (in another chain) already holds. The keys it linked from are
  *   collected in `LinkLineage.linked`, for the new layer's label.
@@ -53,13 +54,6 @@ import { type BigIntStats, lchownSync, linkSync, lstatSync, readFileSync, rename
 import path from 'node:path';
 import { isErrno } from '../core/errors.ts';
 import { lstatOrUndefined } from '../core/fs/meta.ts';
-import {
-  heldKeys,
-  LABEL_LINKS_LOCAL,
-  LABEL_LINKS_TRACKED,
-  linkedKeys,
-  linkedKeysLabel,
-} from '../core/snapshots/links.ts';
 
 let metacopy: boolean | undefined;
 
@@ -81,8 +75,6 @@ function inside(rel: string): boolean {
 }
 
 /** Where linked inodes come from and where they may go (see the module comment). */
-export { heldKeys, LABEL_LINKS_LOCAL, LABEL_LINKS_TRACKED, linkedKeys, linkedKeysLabel };
-
 export interface LinkLineage {
   /** Source layer directory → its context's key, for context increments without hard links of their own. */
   localKeys: ReadonlyMap<string, string>;

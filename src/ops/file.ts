@@ -49,14 +49,15 @@ import type { CacheMap, CacheMapDep, Op, OpContext, Result } from '../solver/typ
 import { expandGlob, patternFilter } from './checksum.ts';
 import type { OpEnv } from './env.ts';
 import { snapshotLayerDirs, snapshotLowerDirs, snapshotUpperDir } from '../core/mount/mount.ts';
+import { snapshotChain } from '../core/snapshots/chain.ts';
 import {
+  heldKeys,
   LABEL_LINKS_LOCAL,
   LABEL_LINKS_TRACKED,
-  heldKeys,
-  type LinkLineage,
   linkedKeysLabel,
-  makeLinker,
-} from './copylink.ts';
+} from '../core/snapshots/links.ts';
+import type { SnapshotInfo } from '../core/snapshots/types.ts';
+import { type LinkLineage, makeLinker } from './copylink.ts';
 import {
   type CopyOptions,
   copyEntry,
@@ -219,43 +220,22 @@ interface Work {
 }
 
 /**
- * The context key of each layer of the view of `snap` (`layers`, topmost
- * first, one per snapshot of its chain) that is a context increment without
- * hard links of its own: the layers whose shared inodes may be linked.
+ * The context key of each layer of a view (`layers`, topmost first, one per
+ * snapshot of `chain`, root first) that is a context increment without hard
+ * links of its own: the layers whose shared inodes may be linked.
  */
-async function contextLayerKeys(
-  session: OpSession,
-  snap: string,
-  layers: readonly string[],
-): Promise<Map<string, string>> {
+function contextLayerKeys(chain: readonly SnapshotInfo[], layers: readonly string[]): Map<string, string> {
   const out = new Map<string, string>();
-  const chain: Record<string, string>[] = [];
-  for (let cur: string | undefined = snap || undefined; cur; ) {
-    const info = await session.sn.stat(cur);
-    chain.push(info.labels);
-    cur = info.parent;
-  }
   if (chain.length !== layers.length) return out; // not one directory per snapshot: link nothing shared
-  chain.forEach((labels, i) => {
+  chain.forEach(({ labels }, i) => {
     const key = labels[LABEL_LOCAL_KEY];
     if (
       key !== undefined &&
       labels[LABEL_LOCAL_HARDLINKS] === 'none' &&
       labels[LABEL_LINKS_TRACKED] === 'true'
     )
-      out.set(layers[i]!, key);
+      out.set(layers[chain.length - 1 - i]!, key);
   });
-  return out;
-}
-
-/** Context keys whose inodes some snapshot of the chain of `snap` may hold (their labels; see copylink.ts). */
-async function chainLinkedKeys(session: OpSession, snap: string): Promise<Set<string>> {
-  const out = new Set<string>();
-  for (let cur: string | undefined = snap || undefined; cur; ) {
-    const info = await session.sn.stat(cur);
-    for (const k of heldKeys(info.labels)) out.add(k);
-    cur = info.parent;
-  }
   return out;
 }
 
@@ -356,12 +336,13 @@ export class FileOp implements Op {
         if (session.sn.name === 'overlayfs') {
           // Not from a context snapshot with hard links of its own: its next sync could no longer
           // tell its link groups from the links made here (localsync.ts).
-          const labels = snap ? (await session.sn.stat(snap)).labels : {};
+          const chain = snap ? await snapshotChain(session.sn, snap) : [];
+          const labels = chain.at(-1)?.labels ?? {};
           const ownLinks = labels[LABEL_LOCAL_KEY] !== undefined && labels[LABEL_LOCAL_HARDLINKS] !== 'none';
           if (!ownLinks) {
             const layers = snapshotLayerDirs(mounts);
             viewLayers.set(dir, layers);
-            if (layers) viewKeys.set(dir, await contextLayerKeys(session, snap, layers));
+            if (layers) viewKeys.set(dir, contextLayerKeys(chain, layers));
           }
         }
       }
@@ -415,7 +396,12 @@ export class FileOp implements Op {
                 work.linked ??= new Set();
                 const lineage: LinkLineage = {
                   localKeys: viewKeys.get(src) ?? new Map(),
-                  destKeys: await chainLinkedKeys(session, work.parent),
+                  // Context inodes some layer of the destination's chain may hold (their labels).
+                  destKeys: new Set(
+                    (work.parent ? await snapshotChain(session.sn, work.parent) : []).flatMap((l) =>
+                      heldKeys(l.labels),
+                    ),
+                  ),
                   linked: work.linked,
                 };
                 link = makeLinker(src, layers, work.dir, work.upper, work.lowers, lineage);

@@ -16,8 +16,9 @@
  * directories and links are made; except for a layer that may hold inodes of
  * a build context that the merge's chain may already hold (labels, see
  * ops/copylink.ts), which is applied as a copy so that no inode is in the
- * chain twice. The merge's snapshot lists the contexts it received inodes of. Elsewhere, or when a layer's directory is
- * not known, it goes through one uncompressed tar stream (the diff service).
+ * chain twice. The merge's snapshot lists the contexts it received inodes
+ * of. Elsewhere, or when a layer's directory is not known, it goes through
+ * one uncompressed tar stream (the diff service).
  * Stacking the inputs as overlay lowerdirs with no links at all would need
  * multi-parent snapshots in the snapshotter (future work).
  *
@@ -32,16 +33,9 @@ import type { DiffOp as DiffOpPb, MergeOp as MergeOpPb } from '../gen/kiln/llb/v
 import type { CacheMap, Op, OpContext, Result } from '../solver/types.ts';
 import type { OpEnv } from './env.ts';
 import { linkLayer } from '../core/diff/link.ts';
-import { heldKeys, LABEL_LINKS_LOCAL, linkedKeysLabel } from './copylink.ts';
+import { snapshotChain } from '../core/snapshots/chain.ts';
+import { heldKeys, LABEL_LINKS_LOCAL, linkedKeysLabel } from '../core/snapshots/links.ts';
 import { OpSession, snapshotOf } from './refs.ts';
-
-/** The committed chain of `snapshot`, bottom first. */
-async function chainOf(session: OpSession, snapshot: string): Promise<string[]> {
-  const chain: string[] = [];
-  for (let cur: string | undefined = snapshot; cur; cur = (await session.sn.stat(cur)).parent)
-    chain.unshift(cur);
-  return chain;
-}
 
 async function layerOnto(
   session: OpSession,
@@ -81,29 +75,30 @@ export class MergeOp implements Op {
     const session = await OpSession.open(this.#env.core, `merge ${this.#digest}`);
     try {
       const { key, mounts } = await session.prepare(snaps[0] ?? '');
-      const base = new Set(snaps[0] ? await chainOf(session, snaps[0]) : []);
+      const baseChain = snaps[0] ? await snapshotChain(session.sn, snaps[0]) : [];
+      const base = new Set(baseChain.map((b) => b.name));
       // Context inodes the merge's chain may already hold (ops/copylink.ts): a layer that may hold
       // some of the same context's inodes is applied as a copy, so no inode is in the chain twice.
-      const held = new Set<string>();
-      for (const b of base) for (const k of heldKeys((await session.sn.stat(b)).labels)) held.add(k);
+      const held = new Set(baseChain.flatMap((b) => heldKeys(b.labels)));
       const linked = new Set<string>();
       const upper = session.sn.name === 'overlayfs' ? snapshotUpperDir(mounts) : undefined;
       for (const s of snaps.slice(1)) {
-        const chain = await chainOf(session, s);
+        const chain = await snapshotChain(session.sn, s);
         for (let i = 0; i < chain.length; i++) {
-          if (base.has(chain[i]!)) continue;
-          const keys = heldKeys((await session.sn.stat(chain[i]!)).labels);
+          const layer = chain[i]!;
+          if (base.has(layer.name)) continue;
+          const keys = heldKeys(layer.labels);
           const own =
             upper === undefined || keys.some((k) => held.has(k))
               ? undefined
-              : snapshotOwnDir(await session.view(chain[i]!));
+              : snapshotOwnDir(await session.view(layer.name));
           if (upper !== undefined && own !== undefined) {
             await linkLayer(own, upper, ctx.signal);
             for (const k of keys) {
               held.add(k);
               linked.add(k);
             }
-          } else await layerOnto(session, i > 0 ? chain[i - 1] : undefined, chain[i]!, mounts, ctx.signal);
+          } else await layerOnto(session, chain[i - 1]?.name, layer.name, mounts, ctx.signal);
         }
       }
       const keys = linkedKeysLabel(linked);

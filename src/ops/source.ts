@@ -47,7 +47,7 @@ import type { Platform, SourceOp as SourceOpPb } from '../gen/kiln/llb/v1/llb_pb
 import { ATTR } from '../llb/source.ts';
 import type { CacheMap, Op, OpContext, Result } from '../solver/types.ts';
 import { checksumTree, patternFilter } from './checksum.ts';
-import { LABEL_LINKS_TRACKED } from './copylink.ts';
+import { LABEL_LINKS_TRACKED } from '../core/snapshots/links.ts';
 import type { OpEnv } from './env.ts';
 import { copyEntry, lstatMaybe } from './fsutil.ts';
 import { hashCacheFor } from './hashcache.ts';
