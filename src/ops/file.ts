@@ -307,10 +307,11 @@ export class FileOp implements Op {
     const trees: Tree[] = actions.map(() => ({}));
     const outputs: SnapshotRef[] = [];
     const views = new Map<string, string>();
-    /** Layer directories behind each mounted view whose files may be linked (./copylink.ts; overlayfs). */
-    const viewLayers = new Map<string, string[] | undefined>();
-    /** Per view: its context increments' layer directories → context key (./copylink.ts). */
-    const viewKeys = new Map<string, Map<string, string>>();
+    /**
+     * Per mounted view whose files may be linked (./copylink.ts; overlayfs): its layer directories,
+     * and those of its context increments → context key.
+     */
+    const linkable = new Map<string, { layers: string[]; localKeys: Map<string, string> }>();
     const commitTree = async (j: number): Promise<string> => {
       const t = trees[j]!;
       if (t.committed !== undefined) return t.committed;
@@ -339,11 +340,8 @@ export class FileOp implements Op {
           const chain = snap ? await snapshotChain(session.sn, snap) : [];
           const labels = chain.at(-1)?.labels ?? {};
           const ownLinks = labels[LABEL_LOCAL_KEY] !== undefined && labels[LABEL_LOCAL_HARDLINKS] !== 'none';
-          if (!ownLinks) {
-            const layers = snapshotLayerDirs(mounts);
-            viewLayers.set(dir, layers);
-            if (layers) viewKeys.set(dir, contextLayerKeys(chain, layers));
-          }
+          const layers = ownLinks ? undefined : snapshotLayerDirs(mounts);
+          if (layers) linkable.set(dir, { layers, localKeys: contextLayerKeys(chain, layers) });
         }
       }
       return dir;
@@ -390,12 +388,12 @@ export class FileOp implements Op {
               const src = await readDir(a.secondaryInput);
               // Link instead of copying (./copylink.ts) from a committed tree on overlayfs, when no
               // later action reads this tree through its mount.
-              const layers = viewLayers.get(src);
+              const linkSrc = linkable.get(src);
               let link: ReturnType<typeof makeLinker>;
-              if (layers && work.upper !== undefined && work.lowers !== undefined && uses[i] === 0) {
+              if (linkSrc && work.upper !== undefined && work.lowers !== undefined && uses[i] === 0) {
                 work.linked ??= new Set();
                 const lineage: LinkLineage = {
-                  localKeys: viewKeys.get(src) ?? new Map(),
+                  localKeys: linkSrc.localKeys,
                   // Context inodes some layer of the destination's chain may hold (their labels).
                   destKeys: new Set(
                     (work.parent ? await snapshotChain(session.sn, work.parent) : []).flatMap((l) =>
@@ -404,7 +402,7 @@ export class FileOp implements Op {
                   ),
                   linked: work.linked,
                 };
-                link = makeLinker(src, layers, work.dir, work.upper, work.lowers, lineage);
+                link = makeLinker(src, linkSrc.layers, work.dir, work.upper, work.lowers, lineage);
               }
               await copyAction(src, work.dir, a.action.value, ctx.signal, link);
               break;
