@@ -17,6 +17,7 @@ const LAYERS: [prefix: string, rank: number][] = [
   ['core/errors.ts', 0],
   ['core/digest.ts', 0],
   ['core/lock.ts', 0],
+  ['core/proc.ts', 0], // process facts from procfs (owner records)
   ['core/native/', 0],
   ['core/archive/', 1],
   ['core/content/', 1],

@@ -22,7 +22,8 @@ export async function openContainers(
   return svc;
 }
 
-export { ownerAlive, processStartTime } from './owner.ts';
+export { processStartTime } from '../proc.ts';
+export { ownerAlive } from './owner.ts';
 export { selectRuntime } from './select.ts';
 export {
   ContainerService,

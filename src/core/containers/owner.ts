@@ -6,7 +6,8 @@
  * whose Kiln process was killed. Files are written atomically, not fsynced
  * (after a power loss no owner is alive, and a missing record reads as stale).
  */
-import { readFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { ownStartTime, processStartTime } from '../proc.ts';
 import { EPHEMERAL, writeFileAtomic } from '../runtime/spec.ts';
 
 export interface Owner {
@@ -14,26 +15,16 @@ export interface Owner {
   start: string | null;
 }
 
-/** Start time (clock ticks since boot) of a process, or null when it does not exist. */
-export async function processStartTime(pid: number): Promise<string | null> {
-  try {
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
-  } catch {
-    return null;
-  }
-}
-
 export async function writeOwner(file: string): Promise<void> {
-  const owner: Owner = { pid: process.pid, start: await processStartTime(process.pid) };
+  const owner: Owner = { pid: process.pid, start: ownStartTime() };
   await writeFileAtomic(file, JSON.stringify(owner), 0o600, EPHEMERAL);
 }
 
 /** True when the owner file names a live process (false when it is missing or unreadable). */
 export async function ownerAlive(file: string): Promise<boolean> {
   try {
-    const o = JSON.parse(await readFile(file, 'utf8')) as Owner;
-    return o.start !== null && (await processStartTime(o.pid)) === o.start;
+    const o = JSON.parse(readFileSync(file, 'utf8')) as Owner;
+    return o.start !== null && processStartTime(o.pid) === o.start;
   } catch {
     return false;
   }

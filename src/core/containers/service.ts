@@ -37,8 +37,8 @@
  * the task's pid is not reported in /tasks/start (0).
  */
 import { randomBytes } from 'node:crypto';
-import { type Dirent, existsSync } from 'node:fs';
-import { mkdir, readdir, rm, rmdir } from 'node:fs/promises';
+import { type Dirent, existsSync, mkdirSync, rmdirSync, rmSync, unlinkSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -64,7 +64,7 @@ import { canonicalPath, mountsUnder, readMountinfo } from '../mount/mountinfo.ts
 import { type CgroupLayout, detectCgroups } from '../runtime/cgroups.ts';
 import { execInContainer } from '../runtime/exec.ts';
 import type { OciRuntime, RunResult } from '../runtime/runtime.ts';
-import { type ExtraMount, generateSpec, readSpec, writeSpec } from '../runtime/spec.ts';
+import { type ExtraMount, GENERATED_ETC_FILES, generateSpec, readSpec, writeSpec } from '../runtime/spec.ts';
 import { resolveUserInRootfs } from '../runtime/user.ts';
 import { ownerAlive, writeOwner } from './owner.ts';
 import {
@@ -138,6 +138,9 @@ export function mergeEnv(
 /** Age after which a half-made or unremoved `--rm` container is treated as left over by a dead process. */
 const LEFTOVER_AGE_MS = 60_000;
 
+/** Image configs kept per service (a few KiB each; the map is emptied when full). */
+const CONFIG_CACHE_SIZE = 64;
+
 export class ContainerService {
   readonly core: Core;
   readonly runtime: OciRuntime;
@@ -148,6 +151,8 @@ export class ContainerService {
 
   readonly #leftoverAgeMs: number;
   #cgroups: Promise<CgroupLayout> | undefined;
+  /** Image target digest → the host platform's manifest and its config. */
+  readonly #configs = new Map<string, { manifest: Descriptor; config: ImageConfig }>();
 
   constructor(opts: { core: Core; runtime: OciRuntime; events?: Publisher; leftoverAgeMs?: number }) {
     this.#leftoverAgeMs = opts.leftoverAgeMs ?? LEFTOVER_AGE_MS;
@@ -198,15 +203,24 @@ export class ContainerService {
     name: string,
   ): Promise<{ manifest: Descriptor; config: ImageConfig; imageName: string }> {
     const img = resolveImage(this.core, name);
-    let desc = img.target as Descriptor;
-    if (isIndexMediaType(desc.mediaType)) {
-      const index = parseIndex(await readJsonBlob(this.core.content, desc, 'index'));
-      const m = selectManifest(index.manifests, hostPlatform());
-      if (!m) throw errFailedPrecondition(`image "${name}": no manifest for this platform in ${desc.digest}`);
-      desc = m;
+    const target = img.target as Descriptor;
+    // Blobs never change: what a target digest leads to is read and verified once per service.
+    let found = this.#configs.get(target.digest);
+    if (!found) {
+      let desc = target;
+      if (isIndexMediaType(desc.mediaType)) {
+        const index = parseIndex(await readJsonBlob(this.core.content, desc, 'index'));
+        const m = selectManifest(index.manifests, hostPlatform());
+        if (!m)
+          throw errFailedPrecondition(`image "${name}": no manifest for this platform in ${desc.digest}`);
+        desc = m;
+      }
+      const { config } = await readManifestAndConfig(this.core.content, desc);
+      found = { manifest: desc, config };
+      if (this.#configs.size >= CONFIG_CACHE_SIZE) this.#configs.clear();
+      this.#configs.set(target.digest, found);
     }
-    const { config } = await readManifestAndConfig(this.core.content, desc);
-    return { manifest: desc, config, imageName: img.name };
+    return { ...found, imageName: img.name };
   }
 
   async create(opts: CreateContainerOptions): Promise<Container> {
@@ -306,8 +320,8 @@ export class ContainerService {
     const sn = await this.core.snapshotter(c.snapshotter as SnapshotterName);
     // Leftovers of a crashed run of this container.
     if (existsSync(bundle)) await this.#cleanBundle(bundle);
-    await mkdir(rootfs, { recursive: true, mode: 0o711 });
-    await mkdir(etc, { recursive: true });
+    mkdirSync(rootfs, { recursive: true, mode: 0o711 });
+    mkdirSync(etc, { recursive: true });
     await writeOwner(path.join(bundle, 'owner.json'));
     let exit: RunResult | undefined;
     let started = false;
@@ -381,12 +395,17 @@ export class ContainerService {
   async #cleanBundle(bundle: string): Promise<void> {
     const rootfs = path.join(bundle, 'rootfs');
     await unmountAll(rootfs);
-    await rmdir(rootfs).catch((err: unknown) => {
+    try {
+      rmdirSync(rootfs);
+    } catch (err) {
       if (!isErrno(err, 'ENOENT')) throw wrap(err, `remove "${rootfs}"`);
-    });
-    await removeTree(path.join(bundle, 'etc'));
-    await rm(path.join(bundle, 'config.json'), { force: true });
-    await rm(path.join(bundle, 'owner.json'), { force: true });
+    }
+    // The generated /etc files, on the calling thread (microseconds each); anything else
+    // found there goes through removeTree, which refuses to cross a mount.
+    const etc = path.join(bundle, 'etc');
+    if (!removeFiles(etc, GENERATED_ETC_FILES)) await removeTree(etc);
+    rmSync(path.join(bundle, 'config.json'), { force: true });
+    rmSync(path.join(bundle, 'owner.json'), { force: true });
   }
 
   /** Sends a signal to a running task. */
@@ -459,7 +478,11 @@ export class ContainerService {
   async #remove(c: Container): Promise<void> {
     const bundle = this.bundleDir(c.id);
     await this.#cleanBundle(bundle);
-    await rmdir(bundle).catch(() => undefined);
+    try {
+      rmdirSync(bundle);
+    } catch {
+      // not empty (leftovers recovery handles) or already gone
+    }
     const sn = await this.core.snapshotter(c.snapshotter as SnapshotterName);
     try {
       await sn.remove(c.snapshotKey);
@@ -560,5 +583,27 @@ export class ContainerService {
       events: this.events,
       leftoverAgeMs: this.#leftoverAgeMs,
     });
+  }
+}
+
+/**
+ * Removes the named files of a directory and then the directory itself;
+ * false when the directory holds anything else (or cannot be removed), for
+ * the caller to fall back to a careful removal. A missing file or directory
+ * counts as removed. Unlinking never follows into a mount.
+ */
+function removeFiles(dir: string, names: readonly string[]): boolean {
+  try {
+    for (const n of names) {
+      try {
+        unlinkSync(path.join(dir, n));
+      } catch (err) {
+        if (!isErrno(err, 'ENOENT')) return false;
+      }
+    }
+    rmdirSync(dir);
+    return true;
+  } catch (err) {
+    return isErrno(err, 'ENOENT');
   }
 }

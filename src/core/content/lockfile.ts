@@ -24,6 +24,7 @@ import { randomBytes } from 'node:crypto';
 import { link, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { errUnavailable, isErrno } from '../errors.ts';
+import { ownStartTime, procStat } from '../proc.ts';
 
 interface LockOwner {
   pid: number;
@@ -40,17 +41,9 @@ async function readText(path: string): Promise<string | undefined> {
   }
 }
 
-async function procStat(pid: number): Promise<{ state: string; start: string } | undefined> {
-  const text = await readText(`/proc/${pid}/stat`).catch(() => undefined);
-  if (!text) return undefined;
-  const rest = text.slice(text.lastIndexOf(')') + 2).split(' '); // fields 3.. (comm may hold spaces)
-  return { state: rest[0], start: rest[19] };
-}
-
-let selfLine: Promise<string> | undefined;
-function ownerLine(): Promise<string> {
-  selfLine ??= procStat(process.pid).then((st) => (st ? `${process.pid} ${st.start}\n` : `${process.pid}\n`));
-  return selfLine;
+function ownerLine(): string {
+  const start = ownStartTime();
+  return start !== null ? `${process.pid} ${start}\n` : `${process.pid}\n`;
 }
 
 function parseOwner(text: string): LockOwner | undefined {
@@ -67,7 +60,7 @@ async function ownerAlive(owner: LockOwner): Promise<boolean> {
     if (isErrno(err, 'ESRCH')) return false;
     // EPERM: it exists but belongs to someone else.
   }
-  const st = await procStat(owner.pid);
+  const st = procStat(owner.pid);
   if (!st) return true; // no /proc: trust kill()
   if (st.state === 'Z' || st.state === 'X') return false;
   return owner.start === undefined || owner.start === st.start;
@@ -77,7 +70,7 @@ async function ownerAlive(owner: LockOwner): Promise<boolean> {
 async function linkOwner(target: string): Promise<'ok' | 'exists' | 'gone'> {
   const tmp = `${target}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
   try {
-    await writeFile(tmp, await ownerLine(), { flag: 'wx' });
+    await writeFile(tmp, ownerLine(), { flag: 'wx' });
   } catch (err) {
     if (isErrno(err, 'ENOENT')) return 'gone';
     throw err;

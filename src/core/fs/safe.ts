@@ -34,7 +34,7 @@ import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { errFailedPrecondition, errInvalidArgument, isErrno, wrap } from '../errors.ts';
-import { canonicalPath, isAtOrBelow, readMountinfo } from '../mount/mountinfo.ts';
+import { canonicalPath, isAtOrBelow, readMountinfoSync } from '../mount/mountinfo.ts';
 
 const MAX_LINKS = 255;
 
@@ -101,7 +101,10 @@ export async function realDirsBelow(root: string, rel: string): Promise<boolean>
 /** Mount points at or below `p` (see the module comment). */
 export async function mountsAtOrBelow(p: string): Promise<string[]> {
   const target = canonicalPath(p);
-  return (await readMountinfo()).map((m) => m.mountPoint).filter((mp) => isAtOrBelow(mp, target));
+  // One small procfs read: on the calling thread (a thread-pool read costs more in round trips).
+  return readMountinfoSync()
+    .map((m) => m.mountPoint)
+    .filter((mp) => isAtOrBelow(mp, target));
 }
 
 /** rm -rf that neither follows symlinks nor crosses mounts (see the module comment). */

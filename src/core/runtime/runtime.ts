@@ -56,10 +56,11 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
+import { ownStartTime, processStartTime } from '../proc.ts';
 import { errAlreadyExists, errInvalidArgument, errUnavailable, KilnError, wrap } from '../errors.ts';
 import { detectCgroups } from './cgroups.ts';
 import { removeTree } from '../fs/safe.ts';
@@ -168,20 +169,17 @@ function checkId(id: string): void {
   if (!ID_RE.test(id)) throw errInvalidArgument(`container id "${id}" is invalid`);
 }
 
-function shellQuote(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`;
+/** A small file's text (a runtime's log), or `fallback` when it cannot be read. */
+function readTextOr(file: string, fallback: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch {
+    return fallback;
+  }
 }
 
-/** Start time (clock ticks since boot) of a process, or null when it does not exist. */
-async function processStartTime(pid: number): Promise<string | null> {
-  try {
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return rest[19] ?? null; // field 22 overall
-  } catch {
-    return null;
-  }
+function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
 /**
@@ -361,12 +359,16 @@ export class OciRuntime {
   }
 
   async #writeOwner(id: string): Promise<void> {
-    const start = await processStartTime(process.pid);
-    await writeFileAtomic(this.#ownerFile(id), JSON.stringify({ pid: process.pid, start }), 0o644, EPHEMERAL);
+    await writeFileAtomic(
+      this.#ownerFile(id),
+      JSON.stringify({ pid: process.pid, start: ownStartTime() }),
+      0o644,
+      EPHEMERAL,
+    );
   }
 
-  async #removeOwner(id: string): Promise<void> {
-    await rm(this.#ownerFile(id), { force: true });
+  #removeOwner(id: string): void {
+    rmSync(this.#ownerFile(id), { force: true });
   }
 
   /** Creates a container from a bundle (directory with config.json); its process waits for `start`. */
@@ -399,7 +401,7 @@ export class OciRuntime {
         // The id was free before: whatever the runtime left under it is ours to remove.
         if (existsSync(path.join(this.root, id)))
           await this.delete(id, { force: true }).catch(() => undefined);
-        await this.#removeOwner(id);
+        this.#removeOwner(id);
         const msg = errors.at(-1) ?? `exit ${code}`;
         throw new KilnError(
           /exists/.test(msg) ? 'AlreadyExists' : 'Internal',
@@ -452,7 +454,7 @@ export class OciRuntime {
     if (r.code !== 0 && existsSync(path.join(this.root, id))) {
       throw new KilnError('Internal', `delete container "${id}": ${this.name}: ${r.stderr.trim()}`);
     }
-    await this.#removeOwner(id);
+    this.#removeOwner(id);
   }
 
   /** Containers known to this runtime root. */
@@ -482,7 +484,7 @@ export class OciRuntime {
           pid: number;
           start: string | null;
         };
-        alive = owner.start !== null && (await processStartTime(owner.pid)) === owner.start;
+        alive = owner.start !== null && processStartTime(owner.pid) === owner.start;
       } catch {
         alive = false;
       }
@@ -511,7 +513,7 @@ export class OciRuntime {
     bundle = path.resolve(bundle);
     let command = '';
     try {
-      const config = JSON.parse(await readFile(path.join(bundle, 'config.json'), 'utf8')) as {
+      const config = JSON.parse(readFileSync(path.join(bundle, 'config.json'), 'utf8')) as {
         process?: { args?: string[]; terminal?: boolean };
       };
       command = config.process?.args?.[0] ?? '';
@@ -556,8 +558,7 @@ export class OciRuntime {
       const done = this.#wait(child, opts, pidFile);
       if (opts.signal?.aborted) onAbort();
       const { code, signal } = await done;
-      const logText = await readFile(logFile, 'utf8').catch(() => '');
-      const errors = errorsFromLog(logText);
+      const errors = errorsFromLog(readTextOr(logFile, ''));
       if (aborted) {
         throw new KilnError('Canceled', `run container "${id}": aborted`, { cause: opts.signal?.reason });
       }
@@ -576,9 +577,9 @@ export class OciRuntime {
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);
       if (existsSync(path.join(this.root, id))) await this.delete(id, { force: true }).catch(() => undefined);
-      await this.#removeOwner(id);
-      await rm(logFile, { force: true });
-      await rm(pidFile, { force: true });
+      this.#removeOwner(id);
+      rmSync(logFile, { force: true });
+      rmSync(pidFile, { force: true });
     }
   }
 
