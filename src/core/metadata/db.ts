@@ -29,7 +29,7 @@
  */
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { DatabaseSync, type SQLInputValue } from 'node:sqlite';
+import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite';
 import { errInvalidArgument, wrap } from '../errors.ts';
 import type { Labels } from '../content/types.ts';
 
@@ -198,6 +198,7 @@ export class MetadataDB {
   readonly sqlite: DatabaseSync;
   readonly gcLock = new RWLock();
   #depth = 0;
+  readonly #statements = new Map<string, StatementSync>();
 
   constructor(root: string, options: MetadataDBOptions = {}) {
     mkdirSync(root, { recursive: true });
@@ -279,16 +280,29 @@ export class MetadataDB {
     }
   }
 
+  /**
+   * The prepared statement for `sql`, compiled once per connection (callers
+   * pass constant SQL texts, so the cache stays small).
+   */
+  #stmt(sql: string): StatementSync {
+    let st = this.#statements.get(sql);
+    if (!st) {
+      st = this.sqlite.prepare(sql);
+      this.#statements.set(sql, st);
+    }
+    return st;
+  }
+
   run(sql: string, ...params: SQLInputValue[]): { changes: number | bigint } {
-    return this.sqlite.prepare(sql).run(...params);
+    return this.#stmt(sql).run(...params);
   }
 
   get<T>(sql: string, ...params: SQLInputValue[]): T | undefined {
-    return this.sqlite.prepare(sql).get(...params) as T | undefined;
+    return this.#stmt(sql).get(...params) as T | undefined;
   }
 
   all<T>(sql: string, ...params: SQLInputValue[]): T[] {
-    return this.sqlite.prepare(sql).all(...params) as T[];
+    return this.#stmt(sql).all(...params) as T[];
   }
 
   /**

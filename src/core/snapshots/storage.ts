@@ -20,7 +20,7 @@
  */
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { DatabaseSync } from 'node:sqlite';
+import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import type { Labels } from '../content/types.ts';
 import { errAlreadyExists, errFailedPrecondition, errInvalidArgument, errNotFound, wrap } from '../errors.ts';
 import type { Kind, SnapshotInfo, Usage } from './types.ts';
@@ -117,6 +117,7 @@ export class MetaStore {
   readonly path: string;
   #db: DatabaseSync;
   #depth = 0;
+  readonly #statements = new Map<string, StatementSync>();
 
   private constructor(file: string, db: DatabaseSync) {
     this.path = file;
@@ -149,6 +150,16 @@ export class MetaStore {
     return new MetaStore(file, db);
   }
 
+  /** The prepared statement for `sql` (constant texts), compiled once per connection. */
+  #prep(sql: string): StatementSync {
+    let st = this.#statements.get(sql);
+    if (!st) {
+      st = this.#db.prepare(sql);
+      this.#statements.set(sql, st);
+    }
+    return st;
+  }
+
   /** Runs fn in a write transaction (nested calls join the outer one). */
   transaction<T>(fn: () => T): T {
     if (this.#depth > 0) {
@@ -174,7 +185,7 @@ export class MetaStore {
   }
 
   get(key: string): SnapshotRecord | undefined {
-    const row = this.#db.prepare(`${SELECT} WHERE s.key = ?`).get(key) as Row | undefined;
+    const row = this.#prep(`${SELECT} WHERE s.key = ?`).get(key) as Row | undefined;
     return row ? toRecord(row) : undefined;
   }
 
@@ -186,37 +197,33 @@ export class MetaStore {
   }
 
   byId(id: number): SnapshotRecord | undefined {
-    const row = this.#db.prepare(`${SELECT} WHERE s.id = ?`).get(id) as Row | undefined;
+    const row = this.#prep(`${SELECT} WHERE s.id = ?`).get(id) as Row | undefined;
     return row ? toRecord(row) : undefined;
   }
 
   list(): SnapshotRecord[] {
-    return (this.#db.prepare(`${SELECT} ORDER BY s.id`).all() as Row[]).map(toRecord);
+    return (this.#prep(`${SELECT} ORDER BY s.id`).all() as Row[]).map(toRecord);
   }
 
   ids(): Set<number> {
-    const rows = this.#db.prepare('SELECT id FROM snapshots').all() as { id: number }[];
+    const rows = this.#prep('SELECT id FROM snapshots').all() as { id: number }[];
     return new Set(rows.map((r) => r.id));
   }
 
   /** Ids of the parent chain of `id`, nearest parent first (excluding `id`). */
   parentIds(id: number): number[] {
-    const rows = this.#db
-      .prepare(
-        `WITH RECURSIVE chain(id, parent_id, depth) AS (
+    const rows = this.#prep(
+      `WITH RECURSIVE chain(id, parent_id, depth) AS (
            SELECT id, parent_id, 0 FROM snapshots WHERE id = ?
            UNION ALL
            SELECT s.id, s.parent_id, c.depth + 1 FROM snapshots s JOIN chain c ON s.id = c.parent_id
          ) SELECT id FROM chain WHERE depth > 0 ORDER BY depth`,
-      )
-      .all(id) as { id: number }[];
+    ).all(id) as { id: number }[];
     return rows.map((r) => r.id);
   }
 
   children(id: number): number {
-    return (
-      this.#db.prepare('SELECT COUNT(*) AS n FROM snapshots WHERE parent_id = ?').get(id) as { n: number }
-    ).n;
+    return (this.#prep('SELECT COUNT(*) AS n FROM snapshots WHERE parent_id = ?').get(id) as { n: number }).n;
   }
 
   /** Creates an active or view snapshot record. */
@@ -236,11 +243,9 @@ export class MetaStore {
         parentId = p.id;
       }
       const now = Date.now();
-      const r = this.#db
-        .prepare(
-          'INSERT INTO snapshots (key, kind, parent_id, labels, created, updated) VALUES (?, ?, ?, ?, ?, ?)',
-        )
-        .run(key, kind, parentId, JSON.stringify(l), now, now);
+      const r = this.#prep(
+        'INSERT INTO snapshots (key, kind, parent_id, labels, created, updated) VALUES (?, ?, ?, ?, ?, ?)',
+      ).run(key, kind, parentId, JSON.stringify(l), now, now);
       return this.byId(Number(r.lastInsertRowid))!;
     });
   }
@@ -257,21 +262,21 @@ export class MetaStore {
       }
       if (this.get(name)) throw errAlreadyExists(`${action}: snapshot "${name}" already exists`);
       const now = Date.now();
-      this.#db
-        .prepare(
-          `UPDATE snapshots SET key = ?, kind = 'committed', labels = ?, created = ?, updated = ?, size = ?,
+      this.#prep(
+        `UPDATE snapshots SET key = ?, kind = 'committed', labels = ?, created = ?, updated = ?, size = ?,
            inodes = ? WHERE id = ?`,
-        )
-        .run(name, JSON.stringify(l), now, now, usage?.size ?? null, usage?.inodes ?? null, rec.id);
+      ).run(name, JSON.stringify(l), now, now, usage?.size ?? null, usage?.inodes ?? null, rec.id);
       return this.byId(rec.id)!;
     });
   }
 
   /** Records the measured usage of committed snapshot `id` (immutable, so measured once). */
   setUsage(id: number, usage: Usage): void {
-    this.#db
-      .prepare(`UPDATE snapshots SET size = ?, inodes = ? WHERE id = ? AND kind = 'committed'`)
-      .run(usage.size, usage.inodes, id);
+    this.#prep(`UPDATE snapshots SET size = ?, inodes = ? WHERE id = ? AND kind = 'committed'`).run(
+      usage.size,
+      usage.inodes,
+      id,
+    );
   }
 
   /** Deletes the record of `key`; refused while it has children. */
@@ -285,7 +290,7 @@ export class MetaStore {
           `cannot remove snapshot "${key}": it has ${n} ${n === 1 ? 'child' : 'children'}`,
         );
       }
-      this.#db.prepare('DELETE FROM snapshots WHERE id = ?').run(rec.id);
+      this.#prep('DELETE FROM snapshots WHERE id = ?').run(rec.id);
       return rec;
     });
   }
@@ -312,9 +317,11 @@ export class MetaStore {
           } else throw errInvalidArgument(`${action}: cannot update field "${fp}"`);
         }
       }
-      this.#db
-        .prepare('UPDATE snapshots SET labels = ?, updated = ? WHERE id = ?')
-        .run(JSON.stringify(next), Date.now(), rec.id);
+      this.#prep('UPDATE snapshots SET labels = ?, updated = ? WHERE id = ?').run(
+        JSON.stringify(next),
+        Date.now(),
+        rec.id,
+      );
       return this.byId(rec.id)!;
     });
   }
