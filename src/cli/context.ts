@@ -5,7 +5,7 @@
  * never touch the state directory.
  */
 import type { Command } from 'commander';
-import { pino, type Logger } from 'pino';
+import type { Logger } from 'pino';
 import { LocalContentStore } from '../core/content/store.ts';
 import { acquireStateLock, type StateLock } from '../core/lock.ts';
 import { openCore, type Core } from '../core/metadata/index.ts';
@@ -22,7 +22,8 @@ export interface Globals {
 
 export interface CliContext {
   globals(): Globals;
-  log(): Logger;
+  /** The structured logger (stderr); pino is loaded on first use, not at start-up. */
+  log(): Promise<Logger>;
   /**
    * Opens the core for the global root and namespace; closed when the command ends.
    * The first Kiln process on a root (holding its lock alone) recovers what a killed
@@ -55,8 +56,11 @@ export function createContext(program: Command): CliContext {
   };
   return {
     globals,
-    log() {
-      logger ??= pino({ level: globals().logLevel, base: undefined }, pino.destination(2));
+    async log() {
+      if (!logger) {
+        const { pino } = await import('pino');
+        logger = pino({ level: globals().logLevel, base: undefined }, pino.destination(2));
+      }
       return logger;
     },
     core() {
@@ -69,7 +73,7 @@ export function createContext(program: Command): CliContext {
         try {
           const report = await recoverMounts(mountDir);
           if (report.unmounted.length > 0 || report.removed.length > 0) {
-            this.log().info(
+            (await this.log()).info(
               { unmounted: report.unmounted, removed: report.removed },
               'recovered stale mounts',
             );
