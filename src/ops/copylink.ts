@@ -96,17 +96,33 @@ export function makeLinker(
   upperDir: string,
   destLowers: readonly string[],
   lineage?: LinkLineage,
-): ((src: string, dst: string, st: BigIntStats) => boolean) | undefined {
+): ((src: string, dst: string, st: BigIntStats, fresh: boolean) => boolean) | undefined {
   if (metacopyOn()) return undefined;
-  return (src, dst, st) => {
+  // Layers are committed (they do not change during the copy): whether a layer has a
+  // directory is looked up once per directory, not once per file and layer (a context
+  // made of a full copy and 16 increments has 17 layers, most without the file's directory).
+  const dirIn = srcLayers.map(() => new Map<string, boolean>());
+  const hasDir = (i: number, relDir: string): boolean => {
+    const seen = dirIn[i]!.get(relDir);
+    if (seen !== undefined) return seen;
+    const has = lstatOrUndefined(path.join(srcLayers[i]!, relDir))?.isDirectory() ?? false;
+    dirIn[i]!.set(relDir, has);
+    return has;
+  };
+  // Parent directories known to be in the upper directory (they stay there once made).
+  const upperDirs = new Set<string>();
+  return (src, dst, st, fresh) => {
     // Shared inodes only from a context (see the module comment).
     if (st.nlink !== 1n && (lineage === undefined || lineage.localKeys.size === 0)) return false;
     const relS = path.relative(srcDir, src);
     const relD = path.relative(destDir, dst);
     if (!inside(relS) || !inside(relD)) return false;
+    const relDirS = path.dirname(relS);
     let backing: string | undefined;
     let key: string | undefined;
-    for (const layer of srcLayers) {
+    for (let i = 0; i < srcLayers.length; i++) {
+      if (!hasDir(i, relDirS)) continue;
+      const layer = srcLayers[i]!;
       const p = path.join(layer, relS);
       const b = lstatOrUndefined(p);
       if (!b) continue;
@@ -120,14 +136,18 @@ export function makeLinker(
     if (backing === undefined) return false;
     const target = path.join(upperDir, relD);
     const parent = path.dirname(target);
-    if (!lstatOrUndefined(parent)?.isDirectory()) {
-      // Copy the parent up (with its ancestors) through the overlay: a chown to its own owner.
-      const viewParent = path.dirname(dst);
-      const pst = lstatSync(viewParent);
-      lchownSync(viewParent, pst.uid, pst.gid);
-      if (!lstatOrUndefined(parent)?.isDirectory()) return false;
+    if (!upperDirs.has(parent)) {
+      if (!lstatOrUndefined(parent)?.isDirectory()) {
+        // Copy the parent up (with its ancestors) through the overlay: a chown to its own owner.
+        const viewParent = path.dirname(dst);
+        const pst = lstatSync(viewParent);
+        lchownSync(viewParent, pst.uid, pst.gid);
+        if (!lstatOrUndefined(parent)?.isDirectory()) return false;
+      }
+      upperDirs.add(parent);
     }
-    const existing = lstatOrUndefined(target);
+    // A directory this copy made holds nothing yet (its upper directory is new and empty).
+    const existing = fresh ? undefined : lstatOrUndefined(target);
     if (existing && !(existing.isCharacterDevice() && existing.rdev === 0n)) return false;
     // Over a whiteout: link beside it, then rename over it (the whiteout stays if linking fails).
     const linkAt = existing ? `${target}.kiln-link-${process.pid}` : target;

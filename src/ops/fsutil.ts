@@ -79,8 +79,9 @@ export interface CopyOptions {
    * Makes `dst` a hard link of the file that backs `src` instead of a copy
    * (../ops/copylink.ts decides which files qualify); offered only files
    * whose owner, mode and times the copy would keep. False: copied.
+   * `fresh`: dst's directory was made by this copy, so nothing is at dst.
    */
-  linkFile?: (src: string, dst: string, st: BigIntStats) => boolean;
+  linkFile?: (src: string, dst: string, st: BigIntStats, fresh: boolean) => boolean;
   signal?: AbortSignal;
 }
 
@@ -257,7 +258,7 @@ async function copyNode(
     return true;
   }
   if (st.isFile()) {
-    if (opts.linkFile && keepsMeta(st, opts) && opts.linkFile(src, dst, st)) return true;
+    if (opts.linkFile && keepsMeta(st, opts) && opts.linkFile(src, dst, st, parent.fresh)) return true;
     const links = st.nlink > 1n ? opts.links : undefined;
     if (links) {
       const key = `${st.dev}:${st.ino}`;

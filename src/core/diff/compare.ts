@@ -266,16 +266,16 @@ async function visitDir(
     else s.pending.push(self);
   }
 
-  const upperNames = await s.upper.list(rel);
   const real: string[] = [];
   const whiteouts = new Set<string>();
   if (s.overlay) {
-    for (const name of upperNames) {
-      const child = await s.upper.lookup(joinRel(rel, name));
+    // Only a character device can be a whiteout: other entries need no lstat here.
+    for (const { name, charDevice } of await s.upper.listKinds(rel)) {
+      const child = charDevice ? await s.upper.lookup(joinRel(rel, name)) : undefined;
       if (child && isWhiteout(child.st)) whiteouts.add(name);
       else real.push(name);
     }
-  } else real.push(...upperNames);
+  } else real.push(...(await s.upper.list(rel)));
 
   const opaqueInUpper = s.overlay && rel !== '' && isOpaqueDir(node.abs);
   const lowerNames = lowerDir && s.lower ? new Set(await s.lower.list(rel)) : new Set<string>();

@@ -41,15 +41,28 @@ const Y = Buffer.from('y');
 /** A layer directory's xattrs carried to the target: the tree's own, and its opaque marker. */
 const carryOpaque = (name: string): boolean => name !== OPAQUE && isOverlayXattr(name);
 
-async function applyDir(src: string, dst: string, signal: AbortSignal | undefined): Promise<void> {
+/**
+ * `fresh`: `dst` was just made here, so nothing is below it yet and no
+ * target needs an lstat. A non-directory needs no lstat of its own either:
+ * its directory entry's type says enough to link it.
+ */
+async function applyDir(
+  src: string,
+  dst: string,
+  fresh: boolean,
+  signal: AbortSignal | undefined,
+): Promise<void> {
   signal?.throwIfAborted();
   const dirs: { d: string; st: BigIntStats }[] = [];
-  for (const name of readdirSync(src).sort()) {
-    const s = path.join(src, name);
-    const d = path.join(dst, name);
-    const st = lstatSync(s, { bigint: true });
-    const have = lstatOrUndefined(d);
-    if (st.isDirectory()) {
+  const entries = readdirSync(src, { withFileTypes: true }).sort((a, b) =>
+    a.name < b.name ? -1 : a.name > b.name ? 1 : 0,
+  );
+  for (const e of entries) {
+    const s = path.join(src, e.name);
+    const d = path.join(dst, e.name);
+    const have = fresh ? undefined : lstatOrUndefined(d);
+    if (e.isDirectory()) {
+      const st = lstatSync(s, { bigint: true });
       const opaque = native().lgetxattr(s, OPAQUE)?.equals(Y) ?? false;
       let replaced = false;
       if (have && (!have.isDirectory() || opaque)) {
@@ -60,7 +73,7 @@ async function applyDir(src: string, dst: string, signal: AbortSignal | undefine
       // The target's own opaque marker stays: only the layer's is carried.
       syncDirMeta(s, st, d, { srcSkip: carryOpaque });
       if (replaced && !opaque) native().lsetxattr(d, OPAQUE, Y, 0);
-      await applyDir(s, d, signal);
+      await applyDir(s, d, !have || replaced, signal);
       dirs.push({ d, st });
     } else {
       if (have) await removeTree(d);
@@ -76,7 +89,7 @@ export async function linkLayer(layerDir: string, upperDir: string, signal?: Abo
   try {
     const st = lstatSync(layerDir, { bigint: true });
     syncDirMeta(layerDir, st, upperDir);
-    await applyDir(layerDir, upperDir, signal);
+    await applyDir(layerDir, upperDir, false, signal);
     lutimesNs(upperDir, st.atimeNs, st.mtimeNs);
   } catch (err) {
     throw wrap(err, `link layer "${layerDir}" into "${upperDir}"`);

@@ -82,6 +82,17 @@ export class PlainTree implements TreeView {
     }
     return names.map((b) => utf8Name(b, abs));
   }
+  /** Like `list`, with whether each entry is a character device (from the directory entry, no lstat). */
+  async listKinds(rel: string): Promise<{ name: string; charDevice: boolean }[]> {
+    const abs = rel === '' ? this.root : path.join(this.root, rel);
+    let entries: import('node:fs').Dirent<Buffer>[];
+    try {
+      entries = await readdir(abs, { encoding: 'buffer', withFileTypes: true });
+    } catch (err) {
+      throw wrap(err, `list directory "${abs}"`);
+    }
+    return entries.map((e) => ({ name: utf8Name(e.name, abs), charDevice: e.isCharacterDevice() }));
+  }
 }
 
 export class OverlayLowerTree implements TreeView {
