@@ -49,11 +49,13 @@
  *   unmounted, snapshots removed, the lease deleted (OpSession.close).
  */
 import { randomBytes } from 'node:crypto';
+import { readdirSync, rmdirSync, unlinkSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import type { Mount as CoreMount } from '../core/mount/mount.ts';
 import { errNotFound, KilnError } from '../core/errors.ts';
+import { lstatOrUndefined } from '../core/fs/meta.ts';
 import { isWithin, mountsAtOrBelow, realDirsBelow, removeTree, resolveInRoot } from '../core/fs/safe.ts';
 import { mountAll, unmountAll } from '../core/mount/mount.ts';
 import { type ExtraMount, generateSpec, writeFileAtomic, writeSpec } from '../core/runtime/spec.ts';
@@ -122,12 +124,12 @@ export async function missingMountPoints(rootfs: string, dests: string[]): Promi
     for (const part of dest.split('/').filter(Boolean)) {
       cur = `${cur}/${part}`;
       const host = await resolveInRoot(rootfs, cur);
-      if (await lstatMaybe(host)) continue;
+      if (lstatOrUndefined(host)) continue;
       // The top-most missing component of the resolved path (a symlink may lead several levels deep).
       let rel = '';
       for (const c of path.relative(rootfs, host).split(path.sep)) {
         rel = rel ? `${rel}/${c}` : c;
-        if (!(await lstatMaybe(path.join(rootfs, rel)))) break;
+        if (!lstatOrUndefined(path.join(rootfs, rel))) break;
       }
       out.add(rel);
       break;
@@ -143,18 +145,19 @@ export async function missingMountPoints(rootfs: string, dests: string[]): Promi
  * with a mount at or below it; nothing is followed out of the rootfs.
  */
 export async function removeStubs(rootfs: string, stubs: string[]): Promise<void> {
+  // Stubs are a few empty entries: removed on the calling thread (microseconds per call).
   const prune = async (abs: string): Promise<boolean> => {
-    const st = await lstatMaybe(abs);
+    const st = lstatOrUndefined(abs);
     if (!st) return true;
     if (st.isFile() && st.size === 0n) {
-      await fs.unlink(abs);
+      unlinkSync(abs);
       return true;
     }
     if (!st.isDirectory()) return false;
     if ((await mountsAtOrBelow(abs)).length > 0) return false;
     let empty = true;
-    for (const name of await fs.readdir(abs)) if (!(await prune(path.join(abs, name)))) empty = false;
-    if (empty) await fs.rmdir(abs);
+    for (const name of readdirSync(abs)) if (!(await prune(path.join(abs, name)))) empty = false;
+    if (empty) rmdirSync(abs);
     return empty;
   };
   for (const s of stubs) {
