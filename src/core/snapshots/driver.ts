@@ -17,8 +17,18 @@
  * `mountsFor` (the Mount list of an active or view record). `diskUsage` is
  * du(1)-like: allocated blocks and inodes, a hard-linked inode counted once.
  */
-import { fsyncSync, openSync, closeSync, renameSync } from 'node:fs';
-import { lstat, mkdir, mkdtemp, readdir } from 'node:fs/promises';
+import {
+  closeSync,
+  fsyncSync,
+  lstatSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  renameSync,
+  rmdirSync,
+  unlinkSync,
+} from 'node:fs';
+import { lstat, mkdir, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { compileFilters, fieldLookup } from '../content/filters.ts';
 import {
@@ -55,6 +65,34 @@ export async function diskUsage(dir: string): Promise<Usage> {
   await visit(dir);
   return { size, inodes };
 }
+
+/** Entries removeStubTree removes at most (a stub tree is a handful). */
+const STUB_LIMIT = 64;
+
+/**
+ * Removes `dir` when it holds nothing but directories and empty files (what a
+ * container that wrote nothing leaves: the runtime's mount-point stubs such
+ * as etc/hosts); false, leaving whatever is left, at the first other entry
+ * or on any error (a file with data, a mount point, a missing directory).
+ * A tree of more than STUB_LIMIT entries is left to the caller's removeTree.
+ */
+function removeStubTree(dir: string, budget = { left: STUB_LIMIT }): boolean {
+  try {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      if (--budget.left < 0) return false;
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) {
+        if (!removeStubTree(p, budget)) return false;
+      } else if (e.isFile() && lstatSync(p).size === 0) unlinkSync(p);
+      else return false;
+    }
+    rmdirSync(dir);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 
 function fsyncDir(dir: string): void {
   const fd = openSync(dir, 'r');
@@ -214,7 +252,7 @@ export abstract class DirSnapshotter implements Snapshotter {
         );
       }
     }
-    const tmp = await mkdtemp(path.join(this.snapshotsDir, 'tmp-'));
+    const tmp = mkdtempSync(path.join(this.snapshotsDir, 'tmp-'));
     let rec: SnapshotRecord;
     try {
       await this.populate(tmp, kind, parentRec);
@@ -265,7 +303,9 @@ export abstract class DirSnapshotter implements Snapshotter {
         if (!isErrno(err, 'ENOENT')) throw err;
       }
     });
-    await removeTree(trash);
+    // Often what a container or step that wrote nothing leaves (empty directories and mount-point
+    // stubs): removed with a few synchronous calls; anything else goes through removeTree.
+    if (!removeStubTree(trash)) await removeTree(trash);
   }
 
   async walk(fn: (info: SnapshotInfo) => void | Promise<void>, filters?: string[]): Promise<void> {
