@@ -204,6 +204,28 @@ describe('containers and tasks', () => {
     await svc.delete(c.id);
   });
 
+  test('only a container removed at exit has a volatile overlay (its upper is never mounted again)', async () => {
+    const rootOptions = async (autoRemove: boolean): Promise<string> => {
+      const c = await svc.create({
+        image: 'busybox',
+        // The super options of the root mount: the last field of its mountinfo line.
+        command: ['sh', '-c', "grep ' / / ' /proc/self/mountinfo | awk '{print $NF}'"],
+        autoRemove,
+      });
+      const out = collect();
+      const r = await svc.runTask(c.id, { stdout: out.stream });
+      assert.equal(r.exitCode, 0);
+      await svc.delete(c.id);
+      return out.text();
+    };
+    const kept = await rootOptions(false);
+    const removed = await rootOptions(true);
+    assert.match(kept, /upperdir=/, 'the root is the snapshot overlay');
+    assert.doesNotMatch(kept, /volatile/);
+    assert.match(removed, /upperdir=/);
+    assert.match(removed, /volatile/);
+  });
+
   test('exec, kill and delete of a running task', async () => {
     const c = await svc.create({
       id: 'run1',

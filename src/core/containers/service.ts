@@ -59,7 +59,7 @@ import { type Descriptor, type ImageConfig, isIndexMediaType, parseIndex } from 
 import { chainIDs, readManifestAndConfig, unpack } from '../images/unpack.ts';
 import type { Core, SnapshotterName } from '../metadata/index.ts';
 import { removeTree } from '../fs/safe.ts';
-import { mountAll, unmountAll } from '../mount/mount.ts';
+import { type Mount as CoreMount, mountAll, unmountAll } from '../mount/mount.ts';
 import { canonicalPath, mountsUnder, readMountinfo } from '../mount/mountinfo.ts';
 import { type CgroupLayout, detectCgroups } from '../runtime/cgroups.ts';
 import { execInContainer } from '../runtime/exec.ts';
@@ -326,7 +326,11 @@ export class ContainerService {
     let exit: RunResult | undefined;
     let started = false;
     try {
-      await mountAll(await sn.mounts(c.snapshotKey), rootfs);
+      const mounts = await sn.mounts(c.snapshotKey);
+      // A container removed when it exits never mounts its upper directory again: `volatile`
+      // spares the unmount overlayfs's sync of the whole upper file system (~1 ms when idle,
+      // as long as the host's dirty data takes when it is busy).
+      await mountAll(c.autoRemove ? mounts.map(volatileOverlay) : mounts, rootfs);
       const { spec } = await generateSpec({
         rootfs,
         args: c.spec.args,
@@ -606,4 +610,11 @@ function removeFiles(dir: string, names: readonly string[]): boolean {
   } catch (err) {
     return isErrno(err, 'ENOENT');
   }
+}
+
+/** An overlay mount with `volatile` added (no syncs to the upper file system); others unchanged. */
+function volatileOverlay(m: CoreMount): CoreMount {
+  return m.type === 'overlay' && !m.options.includes('volatile')
+    ? { ...m, options: [...m.options, 'volatile'] }
+    : m;
 }
