@@ -35,7 +35,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { errInvalidArgument, errUnavailable, isErrno, wrap } from '../errors.ts';
 import { MNT, MS, native } from '../native/index.ts';
-import { isAtOrBelow, mountsUnder, readMountinfo, readMountinfoSync } from './mountinfo.ts';
+import { isAtOrBelow, mountsUnder, readMountinfoSync } from './mountinfo.ts';
 
 /** One mount, as mount(8) would take it; snapshotters return lists of these. */
 export interface Mount {
@@ -275,7 +275,8 @@ async function resolveDest(target: string, sub: string | undefined): Promise<str
 
 /** Mounts `mounts` in order on `target`; on failure unmounts what it mounted and throws. */
 export async function mountAll(mounts: Mount[], target: string): Promise<void> {
-  const before = new Set((await readMountinfo()).map((m) => m.id));
+  // One small procfs read, on the calling thread (kept for the rollback of a failed mount).
+  const before = new Set(readMountinfoSync().map((m) => m.id));
   for (const m of mounts) {
     try {
       const dest = await resolveDest(target, m.target);
@@ -289,7 +290,7 @@ export async function mountAll(mounts: Mount[], target: string): Promise<void> {
 
 /** Unmounts the mounts at or below target that are not in `before` (ids). */
 async function unmountNew(target: string, before: Set<number>): Promise<void> {
-  for (const m of mountsUnder(await readMountinfo(), target)) {
+  for (const m of mountsUnder(readMountinfoSync(), target)) {
     if (!before.has(m.id)) await unmountPath(m.mountPoint);
   }
 }
@@ -360,11 +361,11 @@ export async function unmountAll(target: string): Promise<void> {
   const t = path.resolve(target);
   if (unmountLeaf(t)) return;
   for (let round = 0; round < MAX_ROUNDS; round++) {
-    const left = mountsUnder(await readMountinfo(), t);
+    const left = mountsUnder(readMountinfoSync(), t);
     if (left.length === 0) return;
     for (const m of left) await unmountPath(m.mountPoint);
   }
-  const left = mountsUnder(await readMountinfo(), t);
+  const left = mountsUnder(readMountinfoSync(), t);
   if (left.length > 0) {
     throw errUnavailable(`unmount "${t}": ${left.length} mounts remain (first "${left[0].mountPoint}")`);
   }

@@ -22,7 +22,7 @@
  * symlinked /etc/passwd or /etc/group is followed inside the rootfs, never
  * out to the host's files.
  */
-import { readFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import { errNotFound, isErrno, wrap } from '../errors.ts';
 import { resolveInRoot } from '../fs/safe.ts';
 
@@ -156,10 +156,11 @@ export function resolveUser(spec: string, passwd: PasswdEntry[], groups: GroupEn
  * `/etc/passwd -> /x` never reads the host's file).
  */
 export async function readUserDb(rootfs: string): Promise<{ passwd: PasswdEntry[]; groups: GroupEntry[] }> {
+  // Two small files, read on the calling thread (a thread-pool read costs more in round trips).
   const read = async (rel: string): Promise<string> => {
     const file = await resolveInRoot(rootfs, rel);
     try {
-      return await readFile(file, 'utf8');
+      return readFileSync(file, 'utf8');
     } catch (err) {
       if (isErrno(err, 'ENOENT') || isErrno(err, 'ENOTDIR')) return '';
       throw wrap(err, `read user database "${file}"`);
