@@ -93,7 +93,6 @@ function removeStubTree(dir: string, budget = { left: STUB_LIMIT }): boolean {
   }
 }
 
-
 function fsyncDir(dir: string): void {
   const fd = openSync(dir, 'r');
   try {
