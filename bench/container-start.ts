@@ -17,8 +17,10 @@
  * - Node itself: `node -e 0` and `bin/kiln --version`, to show what the CLI
  *   pays before doing any work.
  *
- * Writes bench/results/container-start.json and .md. Run:
- * `npx node bench/container-start.ts` (env KILN_BENCH_RUNS, default 11).
+ * Writes bench/results/container-start.json and .md, with medians and
+ * quartiles (this VM's run-to-run spread is of the order of the floor's own
+ * time). Run: `npx node bench/container-start.ts` (env KILN_BENCH_RUNS,
+ * default 31).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -34,7 +36,7 @@ import { generateSpec, writeSpec } from '../src/core/runtime/spec.ts';
 import { makeBusyboxLayout } from '../test/core/fixtures/busybox-image.ts';
 import { ensureCliBundle } from './lib/cli-bundle.ts';
 
-const RUNS = Number(process.env.KILN_BENCH_RUNS ?? 11);
+const RUNS = Number(process.env.KILN_BENCH_RUNS ?? 31);
 const repo = fileURLToPath(new URL('..', import.meta.url));
 const kilnBin = join(repo, 'bin/kiln');
 const DOCKER_IMAGE = 'kiln-bench/busybox:latest';
@@ -43,6 +45,14 @@ function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const mid = s.length >> 1;
   return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+/** The q-quantile (0..1) by linear interpolation between the sorted samples. */
+function quantile(xs: number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const pos = (s.length - 1) * q;
+  const lo = Math.floor(pos);
+  return s[lo]! + (s[Math.min(lo + 1, s.length - 1)]! - s[lo]!) * (pos - lo);
 }
 
 function timeCmd(argv: string[], env: NodeJS.ProcessEnv = process.env): number {
@@ -136,6 +146,10 @@ async function main(): Promise<void> {
       keyof typeof t,
       number
     >;
+    const q = (k: keyof typeof t, p: number): number => quantile(t[k], p);
+    const quartiles = Object.fromEntries(
+      Object.keys(t).map((k) => [k, [q(k as keyof typeof t, 0.25), q(k as keyof typeof t, 0.75)]]),
+    ) as Record<keyof typeof t, [number, number]>;
     const ratio = (a: number, b: number): number => Math.round((a / b) * 100) / 100;
     const ratios = {
       kilnCliOverFloor: ratio(m.kilnCli, m.floor),
@@ -158,28 +172,30 @@ async function main(): Promise<void> {
       cpus: os.cpus().length,
       loadavg: { before: load0, after: load1 },
       medianMs: m,
+      quartilesMs: quartiles,
       ratios,
       samplesMs: t,
     };
     await writeFile(join(repo, 'bench/results/container-start.json'), `${JSON.stringify(result, null, 2)}\n`);
     const f = (x: number): string => x.toFixed(1);
+    const iq = (k: keyof typeof t): string => `${f(quartiles[k][0])}–${f(quartiles[k][1])}`;
     const md = `# Container start benchmark
 
-${result.date}: start-to-exit wall time of \`true\` in a busybox container, ${RUNS} runs each, alternating, medians.
+${result.date}: start-to-exit wall time of \`true\` in a busybox container, ${RUNS} runs each, alternating, medians (and quartiles).
 Machine: ${os.cpus()[0]?.model ?? '?'}, ${os.cpus().length} cores, Node ${process.version}, ${runtimeVersion}, docker ${dockerVersion}.
 Runtime used by Kiln and by the floor: ${runtimeDesc}.
 1-minute load average before/after: ${load0.toFixed(2)} / ${load1.toFixed(2)} (2-core VM shared with other work).
 
-| what | median ms | / floor | / docker |
-|------|---------:|-------:|--------:|
-| floor: \`${runtime.name} run\` of a prepared bundle | ${f(m.floor)} | 1.00 | ${ratio(m.floor, m.docker)} |
-| \`kiln run --rm busybox true\` (bin/kiln as shipped) | ${f(m.kilnCli)} | ${ratios.kilnCliOverFloor} | ${ratios.kilnCliOverDocker} |
-| the same with \`NODE_COMPILE_CACHE\` set | ${f(m.kilnCliCached)} | ${ratios.kilnCliCachedOverFloor} | ${ratios.kilnCliCachedOverDocker} |
-| Kiln in-process: create + runTask + delete | ${f(m.kilnInProcess)} | ${ratios.kilnInProcessOverFloor} | ${ratios.kilnInProcessOverDocker} |
-| peer: \`docker run --rm IMAGE true\` | ${f(m.docker)} | ${ratio(m.docker, m.floor)} | 1.00 |
-| \`docker run --rm --network none IMAGE true\` | ${f(m.dockerNetNone)} | ${ratio(m.dockerNetNone, m.floor)} | ${ratio(m.dockerNetNone, m.docker)} |
-| Node: \`node -e 0\` | ${f(m.nodeEmpty)} | | |
-| Node + CLI modules: \`bin/kiln --version\` | ${f(m.kilnVersion)} | | |
+| what | median ms | quartiles ms | / floor | / docker |
+|------|---------:|------:|-------:|--------:|
+| floor: \`${runtime.name} run\` of a prepared bundle | ${f(m.floor)} | ${iq('floor')} | 1.00 | ${ratio(m.floor, m.docker)} |
+| \`kiln run --rm busybox true\` (bin/kiln as shipped) | ${f(m.kilnCli)} | ${iq('kilnCli')} | ${ratios.kilnCliOverFloor} | ${ratios.kilnCliOverDocker} |
+| the same with \`NODE_COMPILE_CACHE\` set | ${f(m.kilnCliCached)} | ${iq('kilnCliCached')} | ${ratios.kilnCliCachedOverFloor} | ${ratios.kilnCliCachedOverDocker} |
+| Kiln in-process: create + runTask + delete | ${f(m.kilnInProcess)} | ${iq('kilnInProcess')} | ${ratios.kilnInProcessOverFloor} | ${ratios.kilnInProcessOverDocker} |
+| peer: \`docker run --rm IMAGE true\` | ${f(m.docker)} | ${iq('docker')} | ${ratio(m.docker, m.floor)} | 1.00 |
+| \`docker run --rm --network none IMAGE true\` | ${f(m.dockerNetNone)} | ${iq('dockerNetNone')} | ${ratio(m.dockerNetNone, m.floor)} | ${ratio(m.dockerNetNone, m.docker)} |
+| Node: \`node -e 0\` | ${f(m.nodeEmpty)} | ${iq('nodeEmpty')} | | |
+| Node + CLI modules: \`bin/kiln --version\` | ${f(m.kilnVersion)} | ${iq('kilnVersion')} | | |
 
 Target: within 1.3x of the floor and faster than docker.
 The CLI pays Node's start-up and the loading (type stripping, compilation) of
