@@ -22,7 +22,6 @@ export async function openContainers(
   return svc;
 }
 
-export { processStartTime } from '../proc.ts';
 export { ownerAlive } from './owner.ts';
 export { selectRuntime } from './select.ts';
 export {
