@@ -17,15 +17,22 @@
  * - its link count is 1: its inode is in the source layer only; or
  * - its inode was born in a context increment (a local-source snapshot whose
  *   context had no hard links of its own, labelled LABEL_LINKS_TRACKED), and
- *   no layer of the destination's chain holds an inode of that context:
- *   every snapshot that receives such an inode by a link (this copy, the
- *   merge op, the image exporter's chain snapshots) records the context's
- *   key in its label `kiln.io/links.local` (core/snapshots/links.ts), and
- *   the linker is given the keys of the destination chain's labels
- *   (`LinkLineage.destKeys`). This is what lets
- *   the COPY of a rebuild link the unchanged files that the previous build's
- *   COPY layer (in another chain) already holds. The keys it linked from are
- *   collected in `LinkLineage.linked`, for the new layer's label.
+ *   no layer of the destination's chain may hold that inode: every snapshot
+ *   that receives such an inode by a link (this copy, the merge op, the
+ *   image exporter's chain snapshots) records the context's key in its label
+ *   `kiln.io/links.local` (core/snapshots/links.ts); this copy also records,
+ *   per key, the common context path of the files it linked
+ *   (`kiln.io/links.local.paths`; the others count as the whole context).
+ *   The linker is given, per key, the paths the destination chain's labels
+ *   name (`LinkLineage.destHeld`), and links a file only when its context
+ *   path is below none of them. A context has no hard links of its own, so
+ *   a path outside those holds an inode that no layer of the chain holds.
+ *   This is what lets the COPY of a rebuild link the unchanged files that
+ *   the previous build's COPY layer (in another chain) already holds, also
+ *   after an earlier COPY from the same context into the same chain (a
+ *   lockfile before the sources). What it linked is collected in
+ *   `LinkLineage.linked` (key → common path), for the new layer's labels;
+ *   the file op adds it to what later actions into the same tree avoid.
  *   Other hard-linked source files are copied (their groups kept by the copy);
  * - the source's backing file is the topmost entry for its path among the
  *   view's layer directories, a regular file whose inode, size and mtime
@@ -54,6 +61,7 @@ import { type BigIntStats, lchownSync, linkSync, lstatSync, readFileSync, rename
 import path from 'node:path';
 import { isErrno } from '../core/errors.ts';
 import { lstatOrUndefined } from '../core/fs/meta.ts';
+import { commonPath, pathCovers } from '../core/snapshots/links.ts';
 
 let metacopy: boolean | undefined;
 
@@ -78,10 +86,19 @@ function inside(rel: string): boolean {
 export interface LinkLineage {
   /** Source layer directory → its context's key, for context increments without hard links of their own. */
   localKeys: ReadonlyMap<string, string>;
-  /** Context keys whose inodes some layer of the destination's chain holds (its layers' labels). */
-  destKeys: ReadonlySet<string>;
-  /** Filled in: the context keys of the inodes linked. */
-  linked: Set<string>;
+  /**
+   * Context key → the context paths below which the destination may hold that context's
+   * inodes ('' = all of it): what its chain's labels name (core/snapshots/links.ts) and what
+   * earlier actions linked into the same tree.
+   */
+  destHeld: ReadonlyMap<string, readonly string[]>;
+  /** Filled in: context key → the common context path of the inodes linked into this tree. */
+  linked: Map<string, string>;
+}
+
+/** Whether the destination may hold the inode at context path `rel` of context `key`. */
+function mayHold(lineage: LinkLineage, key: string, rel: string): boolean {
+  return lineage.destHeld.get(key)?.some((p) => pathCovers(p, rel)) ?? false;
 }
 
 /**
@@ -129,7 +146,7 @@ export function makeLinker(
       if (!b.isFile() || b.ino !== st.ino || b.size !== st.size || b.mtimeNs !== st.mtimeNs) return false;
       if (destLowers.includes(layer)) return false; // already in the destination's chain
       key = lineage?.localKeys.get(layer);
-      if (st.nlink !== 1n && (key === undefined || lineage!.destKeys.has(key))) return false;
+      if (st.nlink !== 1n && (key === undefined || mayHold(lineage!, key, relS))) return false;
       backing = p;
       break;
     }
@@ -158,7 +175,10 @@ export function makeLinker(
       throw err;
     }
     if (existing) renameSync(linkAt, target);
-    if (key !== undefined) lineage!.linked.add(key);
+    if (key !== undefined) {
+      const before = lineage!.linked.get(key);
+      lineage!.linked.set(key, before === undefined ? relS : commonPath(before, relS));
+    }
     return true;
   };
 }

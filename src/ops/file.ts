@@ -50,12 +50,7 @@ import { expandGlob, patternFilter } from './checksum.ts';
 import type { OpEnv } from './env.ts';
 import { snapshotLayerDirs, snapshotLowerDirs, snapshotUpperDir } from '../core/mount/mount.ts';
 import { snapshotChain } from '../core/snapshots/chain.ts';
-import {
-  heldKeys,
-  LABEL_LINKS_LOCAL,
-  LABEL_LINKS_TRACKED,
-  linkedKeysLabel,
-} from '../core/snapshots/links.ts';
+import { heldPaths, LABEL_LINKS_TRACKED, linkLabels } from '../core/snapshots/links.ts';
 import type { SnapshotInfo } from '../core/snapshots/types.ts';
 import { type LinkLineage, makeLinker } from './copylink.ts';
 import {
@@ -215,8 +210,8 @@ interface Work {
   lowers: string[] | undefined;
   /** Committed parent ('' for none): its chain's labels say which context inodes it holds. */
   parent: string;
-  /** Context keys of the inodes linked into this tree (its result's LABEL_LINKS_LOCAL). */
-  linked?: Set<string>;
+  /** Context key → common context path of the inodes linked into this tree (its result's labels). */
+  linked?: Map<string, string>;
 }
 
 /**
@@ -391,17 +386,20 @@ export class FileOp implements Op {
               const linkSrc = linkable.get(src);
               let link: ReturnType<typeof makeLinker>;
               if (linkSrc && work.upper !== undefined && work.lowers !== undefined && uses[i] === 0) {
-                work.linked ??= new Set();
-                const lineage: LinkLineage = {
-                  localKeys: linkSrc.localKeys,
-                  // Context inodes some layer of the destination's chain may hold (their labels).
-                  destKeys: new Set(
-                    (work.parent ? await snapshotChain(session.sn, work.parent) : []).flatMap((l) =>
-                      heldKeys(l.labels),
-                    ),
-                  ),
-                  linked: work.linked,
+                work.linked ??= new Map();
+                // Context inodes the destination may hold: what its chain's labels name, and
+                // what earlier actions linked into this tree.
+                const destHeld = new Map<string, string[]>();
+                const held = (k: string, p: string): void => {
+                  const ps = destHeld.get(k);
+                  if (ps) ps.push(p);
+                  else destHeld.set(k, [p]);
                 };
+                for (const l of work.parent ? await snapshotChain(session.sn, work.parent) : []) {
+                  for (const [k, p] of heldPaths(l.labels)) held(k, p);
+                }
+                for (const [k, p] of work.linked) held(k, p);
+                const lineage: LinkLineage = { localKeys: linkSrc.localKeys, destHeld, linked: work.linked };
                 link = makeLinker(src, linkSrc.layers, work.dir, work.upper, work.lowers, lineage);
               }
               await copyAction(src, work.dir, a.action.value, ctx.signal, link);
@@ -423,10 +421,7 @@ export class FileOp implements Op {
         const t = trees[i]!;
         if (t.open) {
           await session.unmount(t.open.dir);
-          const keys = linkedKeysLabel(t.open.linked ?? []);
-          outputs.push(
-            await session.commitResult(t.open.key, this.#digest, keys ? { [LABEL_LINKS_LOCAL]: keys } : {}),
-          );
+          outputs.push(await session.commitResult(t.open.key, this.#digest, linkLabels(t.open.linked)));
           t.open = undefined;
         } else {
           // Already committed as an intermediate: stack an empty change to get a result of its own.

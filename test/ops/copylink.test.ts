@@ -275,6 +275,43 @@ test("a rebuild's COPY links the unchanged files the previous COPY layer also ho
   }
 });
 
+test("after a COPY of one context path, a rebuild's COPY of other paths into that chain links; the same path is copied", async () => {
+  // A lockfile first, then the sources (the common Dockerfile shape), then a file the chain holds.
+  const build = (): State =>
+    base
+      .file(copy(ctx, '/top.txt', '/lock/top.txt', { createDestPath: true }))
+      .file(copy(ctx, '/sub', '/src', { copyDirContentsOnly: true, createDestPath: true }))
+      .file(copy(ctx, '/sub/a.txt', '/again/a.txt', { createDestPath: true }));
+  const first = await solve(build());
+  // A change below /sub only: the lockfile COPY is a cache hit, the other two run again.
+  await fs.writeFile(`${ctxDir}/sub/new.txt`, 'new\n');
+  try {
+    const second = await solve(build());
+    const context = await solve(ctx);
+    const ctxTree = await fx.read(context, (d) => snapshotTree(d));
+    const firstTree = await fx.read(first, (d) => snapshotTree(d));
+    const tree = await fx.read(second, (d) => snapshotTree(d));
+    for (const rel of ['a.txt', 'deeper/big.bin', 'new.txt']) {
+      assert.equal(
+        tree.get(`src/${rel}`)?.ino,
+        ctxTree.get(`sub/${rel}`)?.ino,
+        `src/${rel} is the context's inode`,
+      );
+    }
+    assert.equal(tree.get('src/a.txt')?.ino, firstTree.get('src/a.txt')?.ino, 'shared with the first build');
+    assert.equal(tree.get('lock/top.txt')?.ino, ctxTree.get('top.txt')?.ino);
+    // A context path the chain already holds is copied: no inode twice in one chain.
+    assert.notEqual(tree.get('again/a.txt')?.ino, tree.get('src/a.txt')?.ino);
+    assert.equal(tree.get('again/a.txt')?.body, Buffer.from('a\n').toString('base64'));
+    assert.deepEqual(comparable(tree).groups, []);
+    assert.deepEqual(comparable(firstTree).groups, []);
+    await Promise.all([second.release(), context.release()]);
+  } finally {
+    await fs.rm(`${ctxDir}/sub/new.txt`);
+    await first.release();
+  }
+});
+
 test('a second COPY of the context into the same chain, or merged into it, gets copies', async () => {
   const cp = (st: State, dest: string): State =>
     st.file(copy(ctx, '/', dest, { copyDirContentsOnly: true, createDestPath: true }));

@@ -13,6 +13,14 @@ export const LABEL_LOCAL_KEY = 'kiln.io/local.key';
 export const LABEL_LINKS_LOCAL = 'kiln.io/links.local';
 
 /**
+ * Label: for some of the keys of LABEL_LINKS_LOCAL, the context path below
+ * which every inode the snapshot received by a link lies (JSON object, key →
+ * path relative to the context root, '' for all of it). Written by the file
+ * op's COPY; a key without an entry counts as the whole context.
+ */
+export const LABEL_LINKS_LOCAL_PATHS = 'kiln.io/links.local.paths';
+
+/**
  * Label on a context increment made by a version of Kiln that labels every
  * snapshot receiving links (LABEL_LINKS_LOCAL): only such increments' shared
  * inodes are linked, so a store written before labels existed (whose linked
@@ -36,8 +44,59 @@ export function heldKeys(labels: Readonly<Record<string, string>>): string[] {
   return own === undefined ? linkedKeys(labels) : [...linkedKeys(labels), own];
 }
 
+/**
+ * Per context key whose inodes a snapshot's own directory may hold, the
+ * context paths they lie below ('' = the whole context): the file op's
+ * record (LABEL_LINKS_LOCAL_PATHS) where it made one, else the whole
+ * context (links made by a merge or an exporter chain, and a context
+ * increment's own key).
+ */
+export function heldPaths(labels: Readonly<Record<string, string>>): Map<string, string> {
+  let recorded: Record<string, unknown> = {};
+  try {
+    const v: unknown = JSON.parse(labels[LABEL_LINKS_LOCAL_PATHS] ?? '{}');
+    if (v && typeof v === 'object') recorded = v as Record<string, unknown>;
+  } catch {
+    // unreadable: every key counts as the whole context
+  }
+  const own = labels[LABEL_LOCAL_KEY];
+  const out = new Map<string, string>();
+  for (const k of linkedKeys(labels)) {
+    const p = recorded[k];
+    out.set(k, typeof p === 'string' ? p : '');
+  }
+  if (own !== undefined) out.set(own, '');
+  return out;
+}
+
+/** True when context path `rel` is `prefix` or below it ('' covers everything). */
+export function pathCovers(prefix: string, rel: string): boolean {
+  return prefix === '' || rel === prefix || rel.startsWith(`${prefix}/`);
+}
+
+/** The longest common path of two context paths (by whole components; '' when none). */
+export function commonPath(a: string, b: string): string {
+  const x = a.split('/');
+  const y = b.split('/');
+  let n = 0;
+  while (n < x.length && n < y.length && x[n] === y[n]) n++;
+  return x.slice(0, n).join('/');
+}
+
 /** The label value for a set of keys (undefined for none). */
 export function linkedKeysLabel(keys: Iterable<string>): string | undefined {
   const all = [...new Set(keys)].sort();
   return all.length ? all.join(',') : undefined;
+}
+
+/**
+ * The labels of a snapshot that received inodes by links from contexts:
+ * key → common context path of what was linked (the file op's COPY). None
+ * when nothing was linked.
+ */
+export function linkLabels(linked: ReadonlyMap<string, string> | undefined): Record<string, string> {
+  const keys = linkedKeysLabel(linked?.keys() ?? []);
+  if (!linked || keys === undefined) return {};
+  const paths = Object.fromEntries([...linked].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+  return { [LABEL_LINKS_LOCAL]: keys, [LABEL_LINKS_LOCAL_PATHS]: JSON.stringify(paths) };
 }
