@@ -329,8 +329,15 @@ export class ContainerService {
       const mounts = await sn.mounts(c.snapshotKey);
       // A container removed when it exits never mounts its upper directory again: `volatile`
       // spares the unmount overlayfs's sync of the whole upper file system (~1 ms when idle,
-      // as long as the host's dirty data takes when it is busy).
-      await mountAll(c.autoRemove ? mounts.map(volatileOverlay) : mounts, rootfs);
+      // as long as the host's dirty data takes when it is busy). Kernels before 5.10 refuse the
+      // option: then the mount is made without it.
+      const fast = c.autoRemove ? mounts.map(volatileOverlay) : mounts;
+      try {
+        await mountAll(fast, rootfs);
+      } catch (err) {
+        if (fast === mounts) throw err;
+        await mountAll(mounts, rootfs);
+      }
       const { spec } = await generateSpec({
         rootfs,
         args: c.spec.args,
