@@ -30,6 +30,7 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite';
+import { statementCache } from '../sqlite.ts';
 import { errInvalidArgument, wrap } from '../errors.ts';
 import type { Labels } from '../content/types.ts';
 
@@ -198,13 +199,15 @@ export class MetadataDB {
   readonly sqlite: DatabaseSync;
   readonly gcLock = new RWLock();
   #depth = 0;
-  readonly #statements = new Map<string, StatementSync>();
+  /** Prepared statements, compiled once per SQL text (core/sqlite.ts). */
+  readonly #stmt: (sql: string) => StatementSync;
 
   constructor(root: string, options: MetadataDBOptions = {}) {
     mkdirSync(root, { recursive: true });
     this.path = path.join(root, 'metadata.db');
     try {
       this.sqlite = new DatabaseSync(this.path, { timeout: options.busyTimeout ?? 5000 });
+      this.#stmt = statementCache(this.sqlite);
       this.sqlite.exec('PRAGMA journal_mode = WAL');
       this.sqlite.exec('PRAGMA synchronous = NORMAL');
       this.sqlite.exec('PRAGMA foreign_keys = ON');
@@ -278,19 +281,6 @@ export class MetadataDB {
     } finally {
       this.#depth--;
     }
-  }
-
-  /**
-   * The prepared statement for `sql`, compiled once per connection (callers
-   * pass constant SQL texts, so the cache stays small).
-   */
-  #stmt(sql: string): StatementSync {
-    let st = this.#statements.get(sql);
-    if (!st) {
-      st = this.sqlite.prepare(sql);
-      this.#statements.set(sql, st);
-    }
-    return st;
   }
 
   run(sql: string, ...params: SQLInputValue[]): { changes: number | bigint } {

@@ -21,6 +21,7 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
+import { statementCache } from '../sqlite.ts';
 import type { Labels } from '../content/types.ts';
 import { errAlreadyExists, errFailedPrecondition, errInvalidArgument, errNotFound, wrap } from '../errors.ts';
 import type { Kind, SnapshotInfo, Usage } from './types.ts';
@@ -117,11 +118,13 @@ export class MetaStore {
   readonly path: string;
   #db: DatabaseSync;
   #depth = 0;
-  readonly #statements = new Map<string, StatementSync>();
+  /** Prepared statements, compiled once per SQL text (core/sqlite.ts). */
+  readonly #prep: (sql: string) => StatementSync;
 
   private constructor(file: string, db: DatabaseSync) {
     this.path = file;
     this.#db = db;
+    this.#prep = statementCache(db);
   }
 
   /** Opens (creating if needed) `<root>/metadata.db`. */
@@ -148,16 +151,6 @@ export class MetaStore {
       throw wrap(err, `open snapshot metadata "${file}"`);
     }
     return new MetaStore(file, db);
-  }
-
-  /** The prepared statement for `sql` (constant texts), compiled once per connection. */
-  #prep(sql: string): StatementSync {
-    let st = this.#statements.get(sql);
-    if (!st) {
-      st = this.#db.prepare(sql);
-      this.#statements.set(sql, st);
-    }
-    return st;
   }
 
   /** Runs fn in a write transaction (nested calls join the outer one). */
