@@ -36,7 +36,7 @@ import { linkLayer } from '../core/diff/link.ts';
 import { chainIDs } from '../core/images/unpack.ts';
 import type { Core } from '../core/metadata/index.ts';
 import { snapshotOwnDir as ownDir, snapshotUpperDir as upperDir } from '../core/mount/mount.ts';
-import { heldKeys, LABEL_LINKS_LOCAL, linkedKeysLabel } from '../core/snapshots/links.ts';
+import { heldKeys, linkedKeysLabels } from '../core/snapshots/links.ts';
 import type { BuiltImage } from './image.ts';
 
 const LABEL_SNAPSHOT_REF = 'containerd.io/snapshot.ref';
@@ -93,13 +93,13 @@ export async function chainFromBuild(core: Core, img: BuiltImage, opts: ChainOpt
       if (src === undefined || dst === undefined) break;
       await linkLayer(src, dst, opts.signal);
       // It now holds the build snapshot's inodes, context ones included (ops/copylink.ts).
-      const keys = linkedKeysLabel(heldKeys((await sn.stat(layer.snapshot)).labels));
+      const linkedLabels = linkedKeysLabels(heldKeys((await sn.stat(layer.snapshot)).labels));
       try {
         await sn.commit(chainID, key, {
           labels: {
             [LABEL_SNAPSHOT_REF]: chainID,
             [LABEL_UNCOMPRESSED]: layer.diffID,
-            ...(keys ? { [LABEL_LINKS_LOCAL]: keys } : {}),
+            ...linkedLabels,
           },
         });
         made1 = true;

@@ -34,7 +34,7 @@ import type { CacheMap, Op, OpContext, Result } from '../solver/types.ts';
 import type { OpEnv } from './env.ts';
 import { linkLayer } from '../core/diff/link.ts';
 import { snapshotChain } from '../core/snapshots/chain.ts';
-import { heldKeys, LABEL_LINKS_LOCAL, linkedKeysLabel } from '../core/snapshots/links.ts';
+import { heldKeys, linkedKeysLabels } from '../core/snapshots/links.ts';
 import { OpSession, snapshotOf } from './refs.ts';
 
 async function layerOnto(
@@ -101,8 +101,7 @@ export class MergeOp implements Op {
           } else await layerOnto(session, chain[i - 1]?.name, layer.name, mounts, ctx.signal);
         }
       }
-      const keys = linkedKeysLabel(linked);
-      return [await session.commitResult(key, this.#digest, keys ? { [LABEL_LINKS_LOCAL]: keys } : {})];
+      return [await session.commitResult(key, this.#digest, linkedKeysLabels(linked))];
     } finally {
       await session.close();
     }

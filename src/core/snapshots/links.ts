@@ -83,10 +83,13 @@ export function commonPath(a: string, b: string): string {
   return x.slice(0, n).join('/');
 }
 
-/** The label value for a set of keys (undefined for none). */
-export function linkedKeysLabel(keys: Iterable<string>): string | undefined {
+/**
+ * The label of a snapshot that received inodes of these contexts by links,
+ * from anywhere in them (a merge, an exporter chain snapshot); none for no keys.
+ */
+export function linkedKeysLabels(keys: Iterable<string>): Record<string, string> {
   const all = [...new Set(keys)].sort();
-  return all.length ? all.join(',') : undefined;
+  return all.length ? { [LABEL_LINKS_LOCAL]: all.join(',') } : {};
 }
 
 /**
@@ -95,8 +98,7 @@ export function linkedKeysLabel(keys: Iterable<string>): string | undefined {
  * when nothing was linked.
  */
 export function linkLabels(linked: ReadonlyMap<string, string> | undefined): Record<string, string> {
-  const keys = linkedKeysLabel(linked?.keys() ?? []);
-  if (!linked || keys === undefined) return {};
+  if (!linked || linked.size === 0) return {};
   const paths = Object.fromEntries([...linked].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
-  return { [LABEL_LINKS_LOCAL]: keys, [LABEL_LINKS_LOCAL_PATHS]: JSON.stringify(paths) };
+  return { ...linkedKeysLabels(linked.keys()), [LABEL_LINKS_LOCAL_PATHS]: JSON.stringify(paths) };
 }
