@@ -22,7 +22,7 @@ export async function openContainers(
   return svc;
 }
 
-export { ownerAlive } from './owner.ts';
+export { ownerAlive } from '../runtime/owner.ts';
 export { selectRuntime } from './select.ts';
 export {
   ContainerService,

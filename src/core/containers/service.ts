@@ -66,7 +66,7 @@ import { execInContainer } from '../runtime/exec.ts';
 import type { OciRuntime, RunResult } from '../runtime/runtime.ts';
 import { type ExtraMount, GENERATED_ETC_FILES, generateSpec, readSpec, writeSpec } from '../runtime/spec.ts';
 import { resolveUserInRootfs } from '../runtime/user.ts';
-import { ownerAlive, writeOwner } from './owner.ts';
+import { ownerAlive, writeOwner } from '../runtime/owner.ts';
 import {
   type Container,
   type ContainerSpec,

@@ -57,14 +57,14 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, symlink } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
-import { ownStartTime, processStartTime } from '../proc.ts';
+import { ownerAlive, writeOwner } from './owner.ts';
 import { errAlreadyExists, errInvalidArgument, errUnavailable, KilnError, wrap } from '../errors.ts';
 import { detectCgroups } from './cgroups.ts';
 import { removeTree } from '../fs/safe.ts';
-import { EPHEMERAL, generateSpec, writeFileAtomic, writeSpec } from './spec.ts';
+import { generateSpec, writeSpec } from './spec.ts';
 
 export type RuntimeName = 'crun' | 'runc';
 
@@ -359,12 +359,7 @@ export class OciRuntime {
   }
 
   async #writeOwner(id: string): Promise<void> {
-    await writeFileAtomic(
-      this.#ownerFile(id),
-      JSON.stringify({ pid: process.pid, start: ownStartTime() }),
-      0o644,
-      EPHEMERAL,
-    );
+    await writeOwner(this.#ownerFile(id), 0o644);
   }
 
   #removeOwner(id: string): void {
@@ -397,7 +392,7 @@ export class OciRuntime {
         child.on('exit', (c) => resolve(c));
       });
       if (code !== 0) {
-        const errors = errorsFromLog(await readFile(logFile, 'utf8').catch(() => ''));
+        const errors = errorsFromLog(readTextOr(logFile, ''));
         // The id was free before: whatever the runtime left under it is ours to remove.
         if (existsSync(path.join(this.root, id)))
           await this.delete(id, { force: true }).catch(() => undefined);
@@ -478,17 +473,7 @@ export class OciRuntime {
     const containers = await this.list();
     const ids = new Set(containers.map((c) => c.id));
     for (const c of containers) {
-      let alive = false;
-      try {
-        const owner = JSON.parse(await readFile(this.#ownerFile(c.id), 'utf8')) as {
-          pid: number;
-          start: string | null;
-        };
-        alive = owner.start !== null && processStartTime(owner.pid) === owner.start;
-      } catch {
-        alive = false;
-      }
-      if (alive) continue;
+      if (await ownerAlive(this.#ownerFile(c.id))) continue;
       await this.kill(c.id, 'KILL', { all: true }).catch(() => undefined);
       await this.delete(c.id, { force: true });
       removed.push(c.id);
