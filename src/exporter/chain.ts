@@ -8,7 +8,14 @@
  * by its chain ID (what `kiln run` and later builds FROM the image use).
  * For a layer Kiln computed from build snapshot S (SnapshotLayer.snapshot),
  * the layer is the overlay upper directory of S itself (the overlay fast
- * path of ./layers.ts): so, with the `overlayfs` driver, the chain snapshot
+ * path of ./layers.ts). When S's parent is the snapshot chainID[n-1] stands
+ * for (the same driver snapshot: the usual case, as each build step's
+ * snapshot sits on the previous one and the first on the base image's chain
+ * snapshot), chainID[n] is recorded as S itself (`share` of
+ * ../core/metadata/snapshots.ts): O(1), nothing linked or copied, and the
+ * tree is S's with the same inodes and link counts. Otherwise (a layer
+ * above an empty one the image leaves out, or above a layer made as below),
+ * with the `overlayfs` driver, the chain snapshot
  * is `prepare(chainID[n-1])` + S's own directory linked into the new upper
  * directory (core/diff/link.ts `linkLayer`: directories are new with their
  * modes, owners, times and xattrs incl. opaque markers; every other entry,
@@ -17,15 +24,17 @@
  * `commit(chainID[n])` with the labels unpack writes
  * (`containerd.io/snapshot.ref`, `containerd.io/uncompressed`). That is the
  * tree applying the layer would give, without writing, reading and parsing
- * a tar, and through no overlay mount. The one visible difference: while the
- * build cache keeps S, a file of such a layer shows a link count one higher
+ * a tar, and through no overlay mount. The one visible difference of a
+ * linked chain snapshot: while the build cache keeps S, a file of such a layer shows a link count one higher
  * (`stat` in a `kiln run` container); a deliberate trade for not writing the
  * layer's data a second time (workload 5 of bench/build-suite: export step
  * 9.7 -> 4.8 s).
  *
  * Done from the bottom up, stopping at the first layer it cannot make
- * (those and the ones above are left to unpack): only `overlayfs`; not for
- * a layer reused from an unpacked image; not with SOURCE_DATE_EPOCH (the layer's mtimes
+ * (those and the ones above are left to unpack): linking only with
+ * `overlayfs` (sharing with any driver: a `native` snapshot's directory is
+ * its whole tree, which is the chain's tree too); not for a layer reused
+ * from an unpacked image; not with SOURCE_DATE_EPOCH (the layer's mtimes
  * are clamped, the tree's are not). Snapshots are held by `lease`. Returns
  * the number of chain snapshots made.
  */
@@ -60,7 +69,7 @@ async function exists(sn: { stat(name: string): Promise<unknown> }, name: string
 
 /** Makes the image's missing chain snapshots from the build snapshots (see the module comment). */
 export async function chainFromBuild(core: Core, img: BuiltImage, opts: ChainOptions): Promise<number> {
-  if (img.snapshotter !== 'overlayfs' || opts.sourceDateEpoch !== undefined) return 0;
+  if (opts.sourceDateEpoch !== undefined) return 0;
   const sn = (await core.snapshotter(img.snapshotter)).withLease(opts.lease);
   const chain = chainIDs(img.layers.map((l) => l.diffID));
   let made = 0;
@@ -73,6 +82,20 @@ export async function chainFromBuild(core: Core, img: BuiltImage, opts: ChainOpt
     }
     const layer = img.layers[i]!;
     if (layer.source === 'unpacked') break;
+    // It holds the build snapshot's inodes, context ones included (ops/copylink.ts).
+    const linkedLabels = linkedKeysLabels(heldKeys((await sn.stat(layer.snapshot)).labels));
+    const labels = { [LABEL_SNAPSHOT_REF]: chainID, [LABEL_UNCOMPRESSED]: layer.diffID, ...linkedLabels };
+    try {
+      await sn.share(chainID, layer.snapshot, i === 0 ? undefined : chain[i - 1], { labels });
+      made++;
+      continue;
+    } catch (err) {
+      if (isKilnError(err, 'AlreadyExists')) continue; // a concurrent unpack won
+      if (!isKilnError(err, 'FailedPrecondition')) {
+        throw wrap(err, `make chain snapshot ${chainID} from build snapshot "${layer.snapshot}"`);
+      }
+    }
+    if (img.snapshotter !== 'overlayfs') break;
     const tag = randomBytes(6).toString('hex');
     const viewKey = `export-chain-${tag}-view`;
     const key = `extract-${tag} ${chainID}`;
@@ -92,16 +115,8 @@ export async function chainFromBuild(core: Core, img: BuiltImage, opts: ChainOpt
       const dst = upperDir(active);
       if (src === undefined || dst === undefined) break;
       await linkLayer(src, dst, opts.signal);
-      // It now holds the build snapshot's inodes, context ones included (ops/copylink.ts).
-      const linkedLabels = linkedKeysLabels(heldKeys((await sn.stat(layer.snapshot)).labels));
       try {
-        await sn.commit(chainID, key, {
-          labels: {
-            [LABEL_SNAPSHOT_REF]: chainID,
-            [LABEL_UNCOMPRESSED]: layer.diffID,
-            ...linkedLabels,
-          },
-        });
+        await sn.commit(chainID, key, { labels });
         made1 = true;
       } catch (err) {
         if (!isKilnError(err, 'AlreadyExists')) throw err; // a concurrent unpack won

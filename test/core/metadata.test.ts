@@ -509,6 +509,77 @@ void describe('namespaced snapshotter (native driver)', () => {
     await assert.rejects(s.stat('parent'), code('NotFound'));
   });
 
+  void it('share records a committed snapshot as the same driver snapshot; the driver snapshot goes with the last record', async () => {
+    const s = await core.snapshotter();
+    const driverKeys = async (): Promise<string[]> => {
+      const keys: string[] = [];
+      await (await core.driver('native')).walk((i) => {
+        keys.push(i.name);
+      });
+      return keys.sort();
+    };
+    const before = await driverKeys();
+    const [bw] = await s.prepare('sh-base-w');
+    await fs.writeFile(path.join(bw!.source, 'a'), 'base file');
+    await s.commit('sh-base', 'sh-base-w');
+    const [sw] = await s.prepare('sh-s1-w', 'sh-base');
+    await fs.writeFile(path.join(sw!.source, 'b'), 'step file');
+    await s.commit('sh-s1', 'sh-s1-w');
+    const made = (await driverKeys()).filter((k) => !before.includes(k));
+    assert.equal(made.length, 2);
+
+    await s.share('sh-c0', 'sh-base', undefined, { labels: { chain: '0' } });
+    await s.share('sh-c1', 'sh-s1', 'sh-c0', { labels: { chain: '1' } });
+    assert.deepEqual(
+      (await driverKeys()).filter((k) => !before.includes(k)),
+      made,
+      'no driver snapshot made',
+    );
+    const c1 = await s.stat('sh-c1');
+    assert.deepEqual([c1.kind, c1.parent, c1.labels], ['committed', 'sh-c0', { chain: '1' }]);
+    assert.deepEqual((await s.stat('sh-s1')).labels, {}, 'labels are per record');
+
+    // The parent must stand for the source's parent; the source must be committed; names are unique.
+    await assert.rejects(
+      s.share('sh-x', 'sh-s1', undefined),
+      code('FailedPrecondition', /not the same snapshot/),
+    );
+    await assert.rejects(
+      s.share('sh-x', 'sh-s1', 'sh-s1'),
+      code('FailedPrecondition', /not the same snapshot/),
+    );
+    await assert.rejects(
+      s.share('sh-x', 'sh-base', 'sh-c0'),
+      code('FailedPrecondition', /not the same snapshot/),
+    );
+    await assert.rejects(s.share('sh-c1', 'sh-s1', 'sh-c0'), code('AlreadyExists'));
+    await assert.rejects(s.share('sh-x', 'sh-nope', undefined), code('NotFound'));
+    await s.prepare('sh-active', 'sh-base');
+    await assert.rejects(s.share('sh-x', 'sh-active', 'sh-c0'), code('FailedPrecondition', /is active/));
+    await s.remove('sh-active');
+
+    // The build's records go; the shared records keep the trees.
+    await s.remove('sh-s1');
+    await s.remove('sh-base');
+    assert.deepEqual(
+      (await driverKeys()).filter((k) => !before.includes(k)),
+      made,
+    );
+    const [v] = await s.view('sh-look', 'sh-c1');
+    assert.deepEqual(
+      [
+        await fs.readFile(path.join(v!.source, 'a'), 'utf8'),
+        await fs.readFile(path.join(v!.source, 'b'), 'utf8'),
+      ],
+      ['base file', 'step file'],
+    );
+    await s.remove('sh-look');
+    await assert.rejects(s.remove('sh-c0'), code('FailedPrecondition', /has 1 child/));
+    await s.remove('sh-c1');
+    await s.remove('sh-c0');
+    assert.deepEqual(await driverKeys(), before, 'the last record took the driver snapshots with it');
+  });
+
   void it('refuses duplicate keys, commits of non-active snapshots and uncommitted parents', async () => {
     const s = await core.snapshotter();
     await s.prepare('dup');

@@ -519,16 +519,43 @@ void describe('exporters on a built snapshot chain', () => {
     });
   });
 
-  void test('chain snapshots are copied from the build snapshots (no layer applied): same tree, xattrs, hard links, labels; SOURCE_DATE_EPOCH leaves them to unpack', async () => {
+  /** [ino, nlink] of `file` in committed snapshot `name`. */
+  async function inode(c: Core, name: string, file: string): Promise<[number, number]> {
+    const sn = await c.snapshotter();
+    const key = `ino-${Math.random().toString(36).slice(2)}`;
+    try {
+      return await withTempMount(await sn.view(key, name), async (dir) => {
+        const st = await lstat(join(dir, file));
+        return [st.ino, st.nlink];
+      });
+    } finally {
+      await sn.remove(key);
+    }
+  }
+
+  void test('chain snapshots are the build snapshots themselves (shared records: nothing linked, copied or applied); they outlive the build records; SOURCE_DATE_EPOCH leaves them to unpack', async () => {
     const c2 = await openCore({ root: join(work, 'state-chain'), namespace: 'chain' });
     try {
       const res2 = await makeChain(c2, rootfs, 'c-');
       const want = await snapshotTree(c2, res2);
+      const built = await inode(c2, res2, 'hello.txt');
       const img = await buildImage(c2, { snapshot: res2, config: chainConfig(), compression: 'none' });
       try {
         assert.equal(await chainFromBuild(c2, img, { lease: img.lease, sourceDateEpoch: 0 }), 0);
+        const backends = c2.db.all('SELECT DISTINCT backend_key FROM snapshots').length;
         assert.equal(await chainFromBuild(c2, img, { lease: img.lease }), 4);
+        assert.equal(
+          c2.db.all('SELECT DISTINCT backend_key FROM snapshots').length,
+          backends,
+          'no driver snapshot made',
+        );
         const top = img.chainID!;
+        assert.deepEqual(await snapshotTree(c2, top), want);
+        assert.deepEqual(await inode(c2, top, 'hello.txt'), built, 'the same inode, no extra link');
+        // The build's records go (their lease and the test's); the chain keeps the trees.
+        const sn0 = await c2.snapshotter();
+        for (const k of ['step3', 'step2', 'step1', 'base']) await sn0.remove(`c-${k}`);
+        await c2.gc();
         assert.deepEqual(await snapshotTree(c2, top), want);
         const info = await (await c2.snapshotter()).stat(top);
         assert.equal(info.labels['containerd.io/snapshot.ref'], top);
@@ -556,6 +583,34 @@ void describe('exporters on a built snapshot chain', () => {
       }
     } finally {
       await c2.close();
+    }
+  });
+
+  void test("a chain snapshot whose parent is not the build snapshot's parent is linked from it (same tree, a hard link to each built file)", async () => {
+    const c3 = await openCore({ root: join(work, 'state-chain-link'), namespace: 'chain' });
+    try {
+      const res3 = await makeChain(c3, rootfs, 'l-');
+      const want = await snapshotTree(c3, res3);
+      const [ino, nlink] = await inode(c3, res3, 'hello.txt');
+      const img = await buildImage(c3, { snapshot: res3, config: chainConfig(), compression: 'none' });
+      try {
+        // Layer 0's chain snapshot is made another way (a copy of the same tree), so the build's
+        // step1 does not sit on it and cannot be shared: layers 1-3 are linked.
+        const sn = (await c3.snapshotter()).withLease(img.lease);
+        const chain0 = chainIDs(img.layers.map((l) => l.diffID))[0]!;
+        await withTempMount(await sn.prepare('l-chain0'), (dir) =>
+          execFileP('cp', ['-a', `${rootfs}/.`, dir]),
+        );
+        await sn.commit(chain0, 'l-chain0');
+        assert.equal(await chainFromBuild(c3, img, { lease: img.lease }), 3);
+        const top = img.chainID!;
+        assert.deepEqual(await snapshotTree(c3, top), want);
+        assert.deepEqual(await inode(c3, top, 'hello.txt'), [ino, nlink + 1]);
+      } finally {
+        c3.leases.delete(img.lease);
+      }
+    } finally {
+      await c3.close();
     }
   });
 

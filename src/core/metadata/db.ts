@@ -132,6 +132,29 @@ const MIGRATIONS: string[] = [
     PRIMARY KEY (ns, id)
   );
   `,
+  // 3: several records may name one driver snapshot (NamespacedSnapshotter.share), so
+  // (snapshotter, backend_key) is indexed, no longer unique. SQLite drops a constraint only by
+  // copying the table.
+  `
+  CREATE TABLE snapshots_v3 (
+    ns TEXT NOT NULL REFERENCES namespaces(name),
+    snapshotter TEXT NOT NULL,
+    name TEXT NOT NULL,
+    backend_key TEXT NOT NULL,
+    parent TEXT,
+    kind TEXT NOT NULL CHECK (kind IN ('view', 'active', 'committed')),
+    labels TEXT NOT NULL DEFAULT '{}',
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (ns, snapshotter, name)
+  );
+  INSERT INTO snapshots_v3 (ns, snapshotter, name, backend_key, parent, kind, labels, created_at, updated_at)
+    SELECT ns, snapshotter, name, backend_key, parent, kind, labels, created_at, updated_at FROM snapshots;
+  DROP TABLE snapshots;
+  ALTER TABLE snapshots_v3 RENAME TO snapshots;
+  CREATE INDEX snapshots_parent ON snapshots(ns, snapshotter, parent);
+  CREATE INDEX snapshots_backend ON snapshots(snapshotter, backend_key);
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -8,6 +8,13 @@
  * (FailedPrecondition `snapshot "x" has N children`), drops the record and
  * then removes the driver's snapshot (left to GC if that fails).
  *
+ * `share(name, source, parent)` records a committed snapshot that is the
+ * same driver snapshot as committed `source` (nothing is copied or linked):
+ * allowed when `parent`'s driver snapshot is `source`'s driver parent, so
+ * the two records stand for the same tree. Several records may thus name
+ * one driver snapshot; `remove` (and GC) remove a driver snapshot only when
+ * no record names it any more.
+ *
  * Records are written before the driver creates anything and the metadata
  * GC lock is held shared meanwhile, so GC never sees half-made work;
  * driver snapshots with no record (a crash between the two steps) are
@@ -284,6 +291,75 @@ export class NamespacedSnapshotter implements Snapshotter {
     });
   }
 
+  /**
+   * Records committed snapshot `name` as the same driver snapshot as
+   * committed `source`: the same tree, made without copying. `parent` (a
+   * committed snapshot, or undefined for none) must stand for `source`'s
+   * parent tree by being the same driver snapshot as that parent, else
+   * FailedPrecondition (callers then make the tree another way). Labels are
+   * `name`'s own. Only drivers that keep a snapshot's own tree apart from its
+   * parents' matter here; the record does not look at the driver.
+   */
+  async share(
+    name: string,
+    source: string,
+    parent: string | undefined,
+    options?: SnapshotOptions,
+  ): Promise<void> {
+    const action = `share snapshot "${source}" as "${name}"`;
+    if (typeof name !== 'string' || name === '') throw errInvalidArgument(`${action}: name is empty`);
+    const labels = options?.labels ?? {};
+    validateLabels(labels, action);
+    await this.#db.gcLock.shared(async () => {
+      this.#db.transaction(() => {
+        const src = this.#mustRow(source, 'share');
+        if (src.kind !== 'committed')
+          throw errFailedPrecondition(`${action}: "${source}" is ${src.kind}, not committed`);
+        if (this.#row(name)) throw errAlreadyExists(`${action}: "${name}" already exists`);
+        const srcParent = src.parent === null ? undefined : this.#mustRow(src.parent, 'share').backend_key;
+        let want: string | undefined;
+        if (parent !== undefined && parent !== '') {
+          const p = this.#row(parent);
+          if (!p) throw errNotFound(`${action}: parent "${parent}" not found`);
+          if (p.kind !== 'committed')
+            throw errInvalidArgument(`${action}: parent "${parent}" is ${p.kind}, not committed`);
+          want = p.backend_key;
+        }
+        if (want !== srcParent) {
+          throw errFailedPrecondition(
+            `${action}: parent "${parent ?? ''}" is not the same snapshot as "${source}"'s parent "${src.parent ?? ''}"`,
+          );
+        }
+        const now = Date.now();
+        this.#db.ensureNamespace(this.namespace);
+        this.#db.run(
+          `INSERT INTO snapshots (ns, snapshotter, name, backend_key, parent, kind, labels, created_at, updated_at)
+           VALUES (?, ?, ?, ?, ?, 'committed', ?, ?, ?)`,
+          this.namespace,
+          this.name,
+          name,
+          src.backend_key,
+          parent !== undefined && parent !== '' ? parent : null,
+          encodeLabels(labels),
+          now,
+          now,
+        );
+        this.#attachToLease(name, action);
+      });
+    });
+  }
+
+  /** Whether a record (of any namespace) still names driver snapshot `backendKey`. */
+  #backendInUse(backendKey: string): boolean {
+    return (
+      this.#db.get(
+        'SELECT 1 FROM snapshots WHERE snapshotter = ? AND backend_key = ?',
+        this.name,
+        backendKey,
+      ) !== undefined
+    );
+  }
+
   async remove(key: string): Promise<void> {
     const row = this.#db.transaction(() => {
       const r = this.#mustRow(key, 'remove');
@@ -307,6 +383,8 @@ export class NamespacedSnapshotter implements Snapshotter {
       );
       return r;
     });
+    // Another record (share) still names the driver snapshot: it stays.
+    if (this.#backendInUse(row.backend_key)) return;
     try {
       await this.#backend.remove(row.backend_key);
     } catch {
