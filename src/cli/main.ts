@@ -112,7 +112,8 @@ Examples:
   return { program, close: () => ctx.close() };
 }
 
-async function main(argv: string[]): Promise<number> {
+/** Runs one command line (`argv` as in process.argv); resolves to the exit code. */
+export async function runMain(argv: string[]): Promise<number> {
   const { program, close } = await buildProgram(argv.slice(2));
   try {
     await program.parseAsync(argv);
@@ -131,12 +132,19 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-// A reader that went away (`kiln images ls | head`) is not an error.
-for (const stream of [process.stdout, process.stderr]) {
-  stream.on('error', (err: NodeJS.ErrnoException) => {
-    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
-    throw err;
+/** Runs the command line of this process: what `kiln` does (also from the start-up snapshot, ./snapshot.ts). */
+export function start(): void {
+  // A reader that went away (`kiln images ls | head`) is not an error.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+      throw err;
+    });
+  }
+  void runMain(process.argv).then((code) => {
+    process.exitCode = code;
   });
 }
 
-process.exitCode = await main(process.argv);
+// No top-level await: the start-up snapshot bundles this module as CommonJS.
+if (import.meta.main) start();

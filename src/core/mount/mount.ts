@@ -386,7 +386,8 @@ export function unmountAllSync(target: string): void {
 /** Directory names of temporary mounts: `m-<pid>-XXXXXX`. */
 export const TEMP_MOUNT_PATTERN = /^m-(\d+)-[A-Za-z0-9]{6}$/;
 
-let tempRoot = path.join(os.tmpdir(), 'kiln-mounts');
+// Read when first needed, not at load (TMPDIR of this process; see cli/snapshot.ts).
+let tempRoot: string | undefined;
 
 /** Sets the kiln-owned directory that holds temporary mount points (e.g. `<state>/mounts`). */
 export function setTempMountRoot(dir: string): void {
@@ -394,6 +395,7 @@ export function setTempMountRoot(dir: string): void {
 }
 
 export function tempMountRoot(): string {
+  tempRoot ??= path.join(os.tmpdir(), 'kiln-mounts');
   return tempRoot;
 }
 
@@ -450,7 +452,7 @@ export async function withTempMount<T>(
   fn: (dir: string) => Promise<T> | T,
   options: TempMountOptions = {},
 ): Promise<T> {
-  const root = path.resolve(options.root ?? tempRoot);
+  const root = path.resolve(options.root ?? tempMountRoot());
   await mkdir(root, { recursive: true, mode: 0o700 });
   installHandlers();
   const dir = await mkdtemp(path.join(root, `m-${process.pid}-`));
