@@ -5,6 +5,7 @@
  * recovery removes half-made snapshot directories and stale mounts.
  */
 import assert from 'node:assert/strict';
+import { isKilnError } from '../../src/core/errors.ts';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -167,6 +168,42 @@ void describe('snapshot drivers', () => {
         await withTempMount(await sn.mounts('kept'), async (d) => {
           await fs.writeFile(path.join(d, 'still-works'), 'y');
         });
+      } finally {
+        await sn.close();
+      }
+    });
+
+    void it(`${driver}: startup drops the records whose directory is gone, with their descendants`, async () => {
+      const root = await newRoot();
+      const snaps = path.join(root, 'snapshots');
+      const dirs = async (): Promise<string[]> => (await fs.readdir(snaps)).sort();
+      let sn = await createSnapshotter(driver, root);
+      await sn.prepare('a');
+      await sn.commit('base', 'a');
+      await sn.prepare('kept', 'base');
+      const before = await dirs();
+      await sn.prepare('l');
+      await sn.commit('lost', 'l');
+      const lostDir = (await dirs()).find((d) => !before.includes(d))!;
+      await sn.prepare('lc', 'lost');
+      await sn.commit('lost-child', 'lc');
+      await sn.view('lost-view', 'lost-child');
+      await sn.close();
+      // A power loss kept the record of "lost" but not the rename of its directory.
+      await fs.rm(path.join(snaps, lostDir), { recursive: true });
+
+      sn = await createSnapshotter(driver, root);
+      try {
+        for (const key of ['lost', 'lost-child', 'lost-view']) {
+          await assert.rejects(sn.stat(key), (e: unknown) => isKilnError(e, 'NotFound'), key);
+        }
+        assert.deepEqual(await dirs(), before, "the descendants' directories went with their records");
+        assert.equal((await sn.stat('kept')).kind, 'active');
+        await withTempMount(await sn.mounts('kept'), async (d) => {
+          await fs.writeFile(path.join(d, 'still-works'), 'y');
+        });
+        await sn.prepare('l');
+        await sn.commit('lost', 'l'); // the key is free again
       } finally {
         await sn.close();
       }

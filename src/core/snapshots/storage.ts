@@ -215,6 +215,27 @@ export class MetaStore {
     return rows.map((r) => r.id);
   }
 
+  /**
+   * Deletes the records of `ids` and of all their descendants (startup recovery: records whose
+   * directory is gone); returns the keys deleted.
+   */
+  removeWithDescendants(ids: readonly number[]): string[] {
+    if (ids.length === 0) return [];
+    return this.transaction(() => {
+      const rows = this.#prep(
+        `WITH RECURSIVE doomed(id) AS (
+             SELECT value FROM json_each(?)
+             UNION SELECT s.id FROM snapshots s JOIN doomed d ON s.parent_id = d.id
+           ) SELECT s.id, s.key FROM snapshots s JOIN doomed d ON s.id = d.id`,
+      ).all(JSON.stringify(ids)) as { id: number; key: string }[];
+      // Children first (parent_id references).
+      const order = new Map(rows.map((r) => [r.id, this.parentIds(r.id).length]));
+      rows.sort((a, b) => order.get(b.id)! - order.get(a.id)!);
+      for (const r of rows) this.#prep('DELETE FROM snapshots WHERE id = ?').run(r.id);
+      return rows.map((r) => r.key);
+    });
+  }
+
   children(id: number): number {
     return (this.#prep('SELECT COUNT(*) AS n FROM snapshots WHERE parent_id = ?').get(id) as { n: number }).n;
   }
