@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test';
 import type { ContentStore } from '../../src/core/content/types.ts';
 import { type Digest, sha256 } from '../../src/core/digest.ts';
 import { isKilnError } from '../../src/core/errors.ts';
-import { MetadataDB, SCHEMA_VERSION } from '../../src/core/metadata/db.ts';
+import { MetadataDB, MIGRATIONS, SCHEMA_VERSION } from '../../src/core/metadata/db.ts';
 import { type Core, openCore } from '../../src/core/metadata/index.ts';
 import { NamespaceStore, validateNamespace } from '../../src/core/metadata/namespaces.ts';
 
@@ -101,6 +101,40 @@ void describe('metadata database', () => {
     const raw = new DatabaseSync(path.join(root, 'metadata.db'), { readOnly: true });
     assert.equal((raw.prepare('SELECT count(*) AS n FROM namespaces').get() as { n: number }).n, 2);
     raw.close();
+  });
+
+  void it('migrates a version 2 database to 3 keeping its snapshot records; one driver key may then have several records', () => {
+    const root = path.join(tmp, 'db-v2');
+    execFileSync('mkdir', ['-p', root]);
+    const raw = new DatabaseSync(path.join(root, 'metadata.db'));
+    raw.exec('CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)');
+    for (const [i, sql] of MIGRATIONS.slice(0, 2).entries()) {
+      raw.exec(sql);
+      raw.prepare('INSERT INTO schema_version (version, applied_at) VALUES (?, 0)').run(i + 1);
+    }
+    raw.exec(`INSERT INTO namespaces (name, created_at, updated_at) VALUES ('ns', 1, 1);
+      INSERT INTO snapshots (ns, snapshotter, name, backend_key, parent, kind, labels, created_at, updated_at)
+        VALUES ('ns', 'overlayfs', 'base', 'ns/1/base', NULL, 'committed', '{"a":"b"}', 1, 2);`);
+    assert.throws(() =>
+      raw.exec(`INSERT INTO snapshots (ns, snapshotter, name, backend_key, kind, created_at, updated_at)
+        VALUES ('ns', 'overlayfs', 'alias', 'ns/1/base', 'committed', 1, 1)`),
+    );
+    raw.close();
+    const db = new MetadataDB(root);
+    try {
+      assert.equal(db.version, 3);
+      assert.deepEqual(
+        db
+          .all('SELECT name, backend_key, labels, created_at, updated_at FROM snapshots')
+          .map((r) => ({ ...(r as object) })),
+        [{ name: 'base', backend_key: 'ns/1/base', labels: '{"a":"b"}', created_at: 1, updated_at: 2 }],
+      );
+      db.run(`INSERT INTO snapshots (ns, snapshotter, name, backend_key, kind, created_at, updated_at)
+        VALUES ('ns', 'overlayfs', 'alias', 'ns/1/base', 'committed', 1, 1)`);
+      assert.equal(db.all("SELECT 1 FROM snapshots WHERE backend_key = 'ns/1/base'").length, 2);
+    } finally {
+      db.close();
+    }
   });
 
   void it('refuses a database from a newer kiln', async () => {

@@ -34,8 +34,8 @@ import { statementCache } from '../sqlite.ts';
 import { errInvalidArgument, wrap } from '../errors.ts';
 import type { Labels } from '../content/types.ts';
 
-/** Migrations, applied in order; index + 1 is the schema version they lead to. */
-const MIGRATIONS: string[] = [
+/** Migrations, applied in order; index + 1 is the schema version they lead to (exported for the migration tests). */
+export const MIGRATIONS: readonly string[] = [
   `
   CREATE TABLE namespaces (
     name TEXT PRIMARY KEY,

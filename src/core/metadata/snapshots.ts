@@ -272,21 +272,7 @@ export class NamespacedSnapshotter implements Snapshotter {
           this.name,
           key,
         );
-        const now = Date.now();
-        this.#db.ensureNamespace(this.namespace);
-        this.#db.run(
-          `INSERT INTO snapshots (ns, snapshotter, name, backend_key, parent, kind, labels, created_at, updated_at)
-           VALUES (?, ?, ?, ?, ?, 'committed', ?, ?, ?)`,
-          this.namespace,
-          this.name,
-          name,
-          backendName,
-          row.parent,
-          encodeLabels(labels),
-          now,
-          now,
-        );
-        this.#attachToLease(name, `commit snapshot "${key}" as "${name}"`);
+        this.#insertCommitted(name, backendName, row.parent, labels, `commit snapshot "${key}" as "${name}"`);
       });
     });
   }
@@ -330,23 +316,40 @@ export class NamespacedSnapshotter implements Snapshotter {
             `${action}: parent "${parent ?? ''}" is not the same snapshot as "${source}"'s parent "${src.parent ?? ''}"`,
           );
         }
-        const now = Date.now();
-        this.#db.ensureNamespace(this.namespace);
-        this.#db.run(
-          `INSERT INTO snapshots (ns, snapshotter, name, backend_key, parent, kind, labels, created_at, updated_at)
-           VALUES (?, ?, ?, ?, ?, 'committed', ?, ?, ?)`,
-          this.namespace,
-          this.name,
+        this.#insertCommitted(
           name,
           src.backend_key,
           parent !== undefined && parent !== '' ? parent : null,
-          encodeLabels(labels),
-          now,
-          now,
+          labels,
+          action,
         );
-        this.#attachToLease(name, action);
       });
     });
+  }
+
+  /** Inserts the record of committed snapshot `name` and attaches it to the lease (inside a transaction). */
+  #insertCommitted(
+    name: string,
+    backendKey: string,
+    parent: string | null,
+    labels: Record<string, string>,
+    action: string,
+  ): void {
+    const now = Date.now();
+    this.#db.ensureNamespace(this.namespace);
+    this.#db.run(
+      `INSERT INTO snapshots (ns, snapshotter, name, backend_key, parent, kind, labels, created_at, updated_at)
+       VALUES (?, ?, ?, ?, ?, 'committed', ?, ?, ?)`,
+      this.namespace,
+      this.name,
+      name,
+      backendKey,
+      parent,
+      encodeLabels(labels),
+      now,
+      now,
+    );
+    this.#attachToLease(name, action);
   }
 
   /** Whether a record (of any namespace) still names driver snapshot `backendKey`. */
