@@ -38,6 +38,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -726,6 +729,100 @@ done:
   return ret;
 }
 
+/*
+ * Console sockets (the OCI runtimes' --console-socket): the runtime connects
+ * to a Unix socket and sends the master side of the container's terminal as
+ * SCM_RIGHTS ancillary data. Node's net module cannot receive descriptors.
+ */
+
+/* consoleListen(path) -> fd: a non-blocking listening socket bound at path. */
+static napi_value js_console_listen(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  char *p = NULL;
+  if (argc < 1 || !get_str(env, argv[0], &p, 0)) return throw_type(env, "consoleListen(path)");
+  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  if (strlen(p) >= sizeof addr.sun_path) {
+    napi_value r = throw_errno(env, ENAMETOOLONG, "bind", p);
+    free(p);
+    return r;
+  }
+  strcpy(addr.sun_path, p);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) {
+    napi_value r = throw_errno(env, errno, "socket", p);
+    free(p);
+    return r;
+  }
+  if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(fd, 1) < 0) {
+    int e = errno;
+    close(fd);
+    napi_value r = throw_errno(env, e, "bind", p);
+    free(p);
+    return r;
+  }
+  free(p);
+  napi_value ret;
+  napi_create_int32(env, fd, &ret);
+  return ret;
+}
+
+/* consoleAccept(listenFd) -> fd | null: the descriptor a runtime sent, or null while none connected. */
+static napi_value js_console_accept(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t lfd = -1;
+  if (argc < 1 || napi_get_value_int32(env, argv[0], &lfd) != napi_ok)
+    return throw_type(env, "consoleAccept(fd)");
+  int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+  if (c < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+      napi_value n;
+      napi_get_null(env, &n);
+      return n;
+    }
+    return throw_errno(env, errno, "accept4", NULL);
+  }
+  char data[256];
+  struct iovec iov = {.iov_base = data, .iov_len = sizeof data};
+  union {
+    struct cmsghdr h;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } ctl;
+  memset(&ctl, 0, sizeof ctl);
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
+  ssize_t n;
+  do n = recvmsg(c, &msg, MSG_CMSG_CLOEXEC);
+  while (n < 0 && errno == EINTR);
+  int e = errno;
+  close(c);
+  if (n < 0) return throw_errno(env, e, "recvmsg", NULL);
+  struct cmsghdr *h = CMSG_FIRSTHDR(&msg);
+  if (!h || h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS || h->cmsg_len != CMSG_LEN(sizeof(int)))
+    return throw_errno(env, EBADMSG, "recvmsg", "console socket: no descriptor");
+  int fd;
+  memcpy(&fd, CMSG_DATA(h), sizeof fd);
+  napi_value ret;
+  napi_create_int32(env, fd, &ret);
+  return ret;
+}
+
+/* setWindowSize(fd, rows, cols): TIOCSWINSZ on a terminal. */
+static napi_value js_set_window_size(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd = -1, rows = 0, cols = 0;
+  if (argc < 3 || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+      napi_get_value_int32(env, argv[1], &rows) != napi_ok || napi_get_value_int32(env, argv[2], &cols) != napi_ok)
+    return throw_type(env, "setWindowSize(fd, rows, cols)");
+  struct winsize ws = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
+  if (ioctl(fd, TIOCSWINSZ, &ws) < 0) return throw_errno(env, errno, "ioctl(TIOCSWINSZ)", NULL);
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"mount", NULL, js_mount, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -739,6 +836,9 @@ static napi_value init(napi_env env, napi_value exports) {
       {"lutimensat", NULL, js_lutimensat, NULL, NULL, NULL, napi_enumerable, NULL},
       {"flock", NULL, js_flock, NULL, NULL, NULL, napi_enumerable, NULL},
       {"readdirStat", NULL, js_readdir_stat, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"consoleListen", NULL, js_console_listen, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"consoleAccept", NULL, js_console_accept, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"setWindowSize", NULL, js_set_window_size, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -49,6 +49,12 @@ export interface NativeAddon {
    * one Buffer (decoded by `readDirStat` in readdir.ts, which see).
    */
   readdirStat(dir: string): Buffer;
+  /** A non-blocking listening Unix socket bound at `path`, for a runtime's --console-socket. */
+  consoleListen(path: string): number;
+  /** The terminal master a runtime sent over the console socket, or null while none has connected. */
+  consoleAccept(listenFd: number): number | null;
+  /** TIOCSWINSZ: sets a terminal's size. */
+  setWindowSize(fd: number, rows: number, cols: number): void;
 }
 
 /** flock(2) operations. */

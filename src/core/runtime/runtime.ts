@@ -19,10 +19,18 @@
  *   stdin (crun passes it through; runc copies it into its own stdin pipe)
  *   would read other processes' output. A closed pipe has no such failure.
  * - `tty: true` (config.json must then have `process.terminal: true`): the
- *   runtime's own foreground console handling is used, given a pseudo-terminal
- *   by util-linux `script`; the container sees a real tty, output arrives on
- *   stdout only (a tty merges the streams) with tty line discipline (CRLF,
- *   echo). Window size changes are not forwarded (gap).
+ *   runtime gets `--console-socket` and sends the master of the terminal it
+ *   made for the container (received with the native addon: Node cannot
+ *   receive descriptors); Kiln copies the master to stdout and stdin to it,
+ *   and finishes only when the master reports the end, so the output of a
+ *   process that exits at once is not lost (the runtimes' own foreground
+ *   copying, under util-linux `script`, lost it in about one run in six).
+ *   runc accepts a console socket only when it detaches, so with runc the
+ *   foreground console mode under `script` stays (and so does its loss).
+ *   The container sees a real tty, output arrives on stdout only (a tty
+ *   merges the streams) with tty line discipline (CRLF, echo). The size is
+ *   Kiln's stdout's when that is a terminal; changes are not forwarded (gap).
+ *   `exec` with a terminal still runs under `script` (exec.ts).
  * - exitCode is the process's exit code, or 128+N when it died of signal N;
  *   `signal` is then that signal's name. As with docker, a process that calls
  *   `exit(137)` is indistinguishable from one killed by SIGKILL.
@@ -56,7 +64,8 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, read as fsReadCb, readFileSync, rmSync, write as fsWriteCb } from 'node:fs';
+import { promisify } from 'node:util';
 import { mkdir, mkdtemp, readdir, rm, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
@@ -65,6 +74,7 @@ import { errAlreadyExists, errInvalidArgument, errUnavailable, KilnError, wrap }
 import { detectCgroups } from './cgroups.ts';
 import { removeTree } from '../fs/safe.ts';
 import { generateSpec, writeSpec } from './spec.ts';
+import { native } from '../native/index.ts';
 
 export type RuntimeName = 'crun' | 'runc';
 
@@ -242,6 +252,39 @@ export function underTerminal(argv: string[]): string[] {
     argv.map(shellQuote).join(' '),
     '/dev/null',
   ];
+}
+
+const fsRead = promisify(fsReadCb);
+const fsWrite = promisify(fsWriteCb) as (
+  fd: number,
+  buffer: Buffer,
+  offset: number,
+  length: number,
+) => Promise<{ bytesWritten: number; buffer: Buffer }>;
+
+interface ConsoleSocket {
+  path: string;
+  accept(): number | null;
+  close(): void;
+}
+
+/** A console socket for one run (`<stateDir>/logs/<token>.sock`, or under /tmp when that path is too long for a socket). */
+function openConsoleSocket(stateDir: string, token: string): ConsoleSocket {
+  let p = path.join(stateDir, 'logs', `console-${token}.sock`);
+  if (Buffer.byteLength(p) > 100) p = path.join('/tmp', `kiln-console-${process.pid}-${token}.sock`);
+  rmSync(p, { force: true });
+  const fd = native().consoleListen(p);
+  let open = true;
+  return {
+    path: p,
+    accept: () => native().consoleAccept(fd),
+    close: () => {
+      if (!open) return;
+      open = false;
+      closeSync(fd);
+      rmSync(p, { force: true });
+    },
+  };
 }
 
 export class OciRuntime {
@@ -518,16 +561,38 @@ export class OciRuntime {
     const pidFile = path.join(this.stateDir, 'logs', `${id}-${token}.pid`);
     await this.#writeOwner(id);
 
-    let argv = this.#argv(['run', '--bundle', bundle, '--pid-file', pidFile, id], logFile);
-    if (opts.tty) {
-      // The runtime's foreground console mode needs a terminal on its own stdin.
-      argv = underTerminal(argv);
-    }
+    // With a terminal, the runtime sends the terminal's master over a console socket and Kiln
+    // copies between it and the caller's streams (the runtime's own foreground copying lost
+    // the output of processes that exited at once).
+    // runc takes a console socket only when it detaches (then no process of ours could wait for
+    // the container): it keeps its foreground console mode under `script`.
+    const consoleSock =
+      opts.tty && this.name === 'crun' ? openConsoleSocket(this.stateDir, `${token}`) : undefined;
+    let argv = this.#argv(
+      [
+        'run',
+        ...(consoleSock ? ['--console-socket', consoleSock.path] : []),
+        '--bundle',
+        bundle,
+        '--pid-file',
+        pidFile,
+        id,
+      ],
+      logFile,
+    );
+    // The runtime's foreground console mode needs a terminal on its own stdin.
+    if (opts.tty && !consoleSock) argv = underTerminal(argv);
     // stdin is always a pipe of ours, never 'ignore' (= the host's /dev/null, see the module
-    // comment). Without input it is ended at once; with a tty and no input it stays open
-    // (docker's `-t` without `-i`): at EOF `script` would type an end-of-file character
-    // into the container's terminal.
-    const child = spawn(argv[0], argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
+    // comment). Without input it is ended at once; under `script` with a tty and no input it
+    // stays open (docker's `-t` without `-i`): at EOF `script` would type an end-of-file
+    // character into the container's terminal.
+    let child: ChildProcess;
+    try {
+      child = spawn(argv[0], argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
+    } catch (err) {
+      consoleSock?.close();
+      throw err;
+    }
 
     let aborted = false;
     const onAbort = (): void => {
@@ -540,7 +605,9 @@ export class OciRuntime {
     opts.signal?.addEventListener('abort', onAbort, { once: true });
 
     try {
-      const done = this.#wait(child, opts, pidFile);
+      const done = consoleSock
+        ? this.#waitConsole(child, opts, pidFile, consoleSock)
+        : this.#wait(child, opts, pidFile);
       if (opts.signal?.aborted) onAbort();
       const { code, signal } = await done;
       const errors = errorsFromLog(readTextOr(logFile, ''));
@@ -566,6 +633,145 @@ export class OciRuntime {
       rmSync(logFile, { force: true });
       rmSync(pidFile, { force: true });
     }
+  }
+
+  /**
+   * With a terminal: takes the master from the console socket once the runtime sends it, copies
+   * it to `opts.stdout` (and `opts.stdin` to it), and waits for the runtime to exit and for the
+   * master to report the end (EIO once every process of the container has closed the terminal),
+   * so nothing the container printed before exiting is lost.
+   */
+  async #waitConsole(
+    child: ChildProcess,
+    opts: RunOptions,
+    pidFile: string,
+    sock: ConsoleSocket,
+  ): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    child.stdin?.on('error', () => undefined);
+    child.stdin?.end();
+    let exited = false;
+    const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
+      child.on('error', (e) => reject(wrap(e, `run container: start ${this.name}`)));
+      child.on('close', (code, signal) => {
+        exited = true;
+        resolve({ code, signal });
+      });
+    });
+    const gate = { started: false, pidFile };
+    const stdout = forward(child.stdout, undefined, null);
+    const stderr = forward(child.stderr, opts.stderr, gate);
+    let master: number | null = null;
+    try {
+      // The runtime connects right after it made the terminal: poll the non-blocking socket.
+      while (master === null && !exited) {
+        master = sock.accept();
+        if (master === null) await new Promise((r) => setTimeout(r, 1));
+      }
+    } finally {
+      sock.close();
+    }
+    let copied: Promise<void> = Promise.resolve();
+    let feeding: Promise<void> = Promise.resolve();
+    let stopFeeding = (): void => undefined;
+    if (master !== null) {
+      const fd = master;
+      if (process.stdout.isTTY && process.stdout.rows && process.stdout.columns) {
+        try {
+          native().setWindowSize(fd, process.stdout.rows, process.stdout.columns);
+        } catch {
+          // a size is a nicety
+        }
+      }
+      // Plain reads and writes on the master, which this function alone closes (fs streams
+      // close their descriptor when destroyed).
+      copied = (async () => {
+        const buf = Buffer.allocUnsafe(64 * 1024);
+        for (;;) {
+          let n: number;
+          try {
+            n = (await fsRead(fd, buf, 0, buf.length, null)).bytesRead;
+          } catch {
+            return; // EIO: the last process holding the terminal closed it
+          }
+          if (n === 0) return;
+          const out = opts.stdout;
+          if (out && !out.write(Buffer.from(buf.subarray(0, n))))
+            await new Promise<void>((r) => out.once('drain', () => r()));
+        }
+      })();
+      const src = opts.stdin;
+      if (src !== undefined) {
+        // The end of the input reaches the terminal as its end-of-file character (after one that
+        // completes a partial last line), as a keyboard would send it.
+        let stopped = false;
+        const write = async (b: Buffer): Promise<void> => {
+          for (let off = 0; off < b.length && !stopped; ) {
+            off += (await fsWrite(fd, b, off, b.length - off)).bytesWritten;
+          }
+        };
+        const eofFor = (last: number): Buffer => Buffer.from(last === 0x0a ? [0x04] : [0x04, 0x04]);
+        if (typeof src === 'string' || Buffer.isBuffer(src)) {
+          const b = Buffer.from(src);
+          feeding = write(Buffer.concat([b, eofFor(b.length > 0 ? b[b.length - 1]! : 0x0a)])).catch(
+            () => undefined,
+          );
+        } else {
+          let onData: ((c: Buffer | string) => void) | undefined;
+          let onEnd: (() => void) | undefined;
+          feeding = new Promise<void>((resolve) => {
+            let last = 0x0a;
+            let chain = Promise.resolve();
+            onData = (c) => {
+              const b = Buffer.from(c);
+              if (b.length === 0) return;
+              last = b[b.length - 1]!;
+              src.pause();
+              chain = chain
+                .then(() => write(b))
+                .then(
+                  () => {
+                    if (!stopped) src.resume();
+                  },
+                  () => resolve(),
+                );
+            };
+            onEnd = () => {
+              chain = chain
+                .then(() => write(eofFor(last)))
+                .then(
+                  () => resolve(),
+                  () => resolve(),
+                );
+            };
+            src.on('data', onData);
+            src.once('end', onEnd);
+            stopFeeding = () => {
+              stopped = true;
+              src.off('data', onData!);
+              src.off('end', onEnd!);
+              void chain.then(() => resolve());
+            };
+          });
+        }
+        const prev = stopFeeding;
+        stopFeeding = () => {
+          stopped = true;
+          prev();
+        };
+      }
+    }
+    const result = await exit;
+    if (master !== null) {
+      // The container's processes are gone (its init exited, so the kernel killed the rest):
+      // what they wrote is in the terminal; wait for the reader to reach its end.
+      await copied;
+      stopFeeding();
+      await feeding;
+      closeSync(master);
+    }
+    const dropHeld = result.code !== 0 && !existsSync(pidFile);
+    await Promise.all([stdout.finish(false), stderr.finish(dropHeld)]);
+    return result;
   }
 
   /** Wires stdio and waits for the runtime process and its pipes to close. */
