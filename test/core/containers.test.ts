@@ -248,6 +248,28 @@ describe('containers and tasks', () => {
     });
     assert.equal(ex.exitCode, 0);
     assert.equal(exOut.text(), 'v\n65534\nin');
+    // With a terminal (crun: through the console socket), the output of a process that exits at
+    // once is all there, every time; the input's end reaches it as end-of-file.
+    for (let i = 0; i < 5; i++) {
+      const ttyOut = collect();
+      const t = await svc.exec(c.id, {
+        args: ['sh', '-c', 'test -t 0 && test -t 1 && tty && echo "$TERM"; exit 5'],
+        env: ['TERM=xterm'],
+        tty: true,
+        stdout: ttyOut.stream,
+      });
+      assert.equal(t.exitCode, 5);
+      assert.match(ttyOut.text(), /^\/dev\/pts\/\d+\r\nxterm\r\n$/, `run ${i}`);
+    }
+    const fed = collect();
+    const f = await svc.exec(c.id, {
+      args: ['sh', '-c', 'read x; echo "got=$x"; cat; echo "eof $?"'],
+      tty: true,
+      stdin: 'line\n',
+      stdout: fed.stream,
+    });
+    assert.equal(f.exitCode, 0);
+    assert.match(fed.text(), /got=line\r\n(.|\n)*eof 0\r\n$/);
     const missing = await svc.exec(c.id, { args: ['nope'] });
     assert.equal(missing.exitCode, 127);
     assert.match(missing.startError ?? '', /executable file not found/);

@@ -6,9 +6,10 @@
  * - stdin: a stream, a Buffer/string, or nothing (= a pipe closed at once,
  *   never the host's /dev/null, see runtime.ts; with a tty an open pipe that
  *   never sends anything); stdout/stderr: writable streams or
- *   nothing (= discarded). With `process.terminal` the runtime's foreground
- *   console is given a pseudo-terminal by util-linux `script` (output then
- *   arrives on stdout only).
+ *   nothing (= discarded). With `process.terminal` the terminal comes
+ *   through crun's `--console-socket` (./console.ts; runc takes one only when
+ *   it detaches, so its foreground console is given a pseudo-terminal by
+ *   util-linux `script`); output then arrives on stdout only.
  * - resolves with the process's exit code (128+N and the signal's name when
  *   it died of signal N); a command that cannot be started resolves with
  *   docker's 126/127 and message in `startError`, and the runtime's own error
@@ -35,6 +36,7 @@ import {
   SIGNAL_NAMES,
   underTerminal,
 } from './runtime.ts';
+import { acceptConsole, copyConsole, openConsoleSocket } from './console.ts';
 import { type OciSpec, writeFileAtomic } from './spec.ts';
 
 export interface ExecOptions {
@@ -90,12 +92,34 @@ export async function execInContainer(
   const command = proc.args[0] ?? '';
   try {
     await writeFileAtomic(processFile, JSON.stringify(proc), 0o600);
-    let argv = await runtime.commandLine(
-      ['exec', '--process', processFile, '--pid-file', pidFile, id],
-      logFile,
-    );
-    if (proc.terminal) argv = underTerminal(argv);
-    const child = spawn(argv[0], argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
+    const sock =
+      proc.terminal && runtime.name === 'crun' ? openConsoleSocket(runtime.stateDir, token) : undefined;
+    let argv: string[];
+    try {
+      argv = await runtime.commandLine(
+        [
+          'exec',
+          ...(sock ? ['--console-socket', sock.path] : []),
+          '--process',
+          processFile,
+          '--pid-file',
+          pidFile,
+          id,
+        ],
+        logFile,
+      );
+    } catch (err) {
+      sock?.close();
+      throw err;
+    }
+    if (proc.terminal && !sock) argv = underTerminal(argv);
+    let child: ReturnType<typeof spawn>;
+    try {
+      child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
+    } catch (err) {
+      sock?.close();
+      throw err;
+    }
     let aborted = false;
     const onAbort = (): void => {
       aborted = true;
@@ -108,19 +132,47 @@ export async function execInContainer(
       if (child.stdin) {
         child.stdin.on('error', () => undefined);
         const src = opts.stdin;
-        if (typeof src === 'string' || Buffer.isBuffer(src)) child.stdin.end(src);
+        if (sock)
+          child.stdin.end(); // the input goes to the terminal
+        else if (typeof src === 'string' || Buffer.isBuffer(src)) child.stdin.end(src);
         else if (src) src.pipe(child.stdin);
         else if (!proc.terminal) child.stdin.end(); // no input: EOF at once
       }
-      const outDone = pump(child.stdout, opts.stdout, null);
-      const errDone = pump(child.stderr, opts.stderr, proc.terminal ? null : () => existsSync(pidFile));
-      const { code, signal } = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>(
+      const outDone = pump(child.stdout, sock ? undefined : opts.stdout, null);
+      const errDone = pump(
+        child.stderr,
+        opts.stderr,
+        proc.terminal && !sock ? null : () => existsSync(pidFile),
+      );
+      let closed = false;
+      const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>(
         (resolve, reject) => {
           child.on('error', (e) => reject(wrap(e, `exec in container "${id}": start ${runtime.name}`)));
-          child.on('close', (c, s) => resolve({ code: c, signal: s }));
+          child.on('close', (c, s) => {
+            closed = true;
+            resolve({ code: c, signal: s });
+          });
         },
       );
-      if (opts.stdin && typeof opts.stdin !== 'string' && !Buffer.isBuffer(opts.stdin) && child.stdin) {
+      const master = sock ? await acceptConsole(sock, () => closed) : null;
+      const copy =
+        master === null
+          ? undefined
+          : copyConsole(master, {
+              ...(opts.stdin !== undefined ? { stdin: opts.stdin } : {}),
+              ...(opts.stdout ? { stdout: opts.stdout } : {}),
+            });
+      const { code, signal } = await exited;
+      // The exec'd process is gone; what it wrote is in the terminal until the reader's end
+      // (bounded: a process it started in the background may hold the terminal).
+      await copy?.finish(2000);
+      if (
+        !sock &&
+        opts.stdin &&
+        typeof opts.stdin !== 'string' &&
+        !Buffer.isBuffer(opts.stdin) &&
+        child.stdin
+      ) {
         opts.stdin.unpipe(child.stdin);
       }
       child.stdin?.destroy();

@@ -30,7 +30,7 @@
  *   The container sees a real tty, output arrives on stdout only (a tty
  *   merges the streams) with tty line discipline (CRLF, echo). The size is
  *   Kiln's stdout's when that is a terminal; changes are not forwarded (gap).
- *   `exec` with a terminal still runs under `script` (exec.ts).
+ *   Details in console.ts, which `exec` (exec.ts) uses too.
  * - exitCode is the process's exit code, or 128+N when it died of signal N;
  *   `signal` is then that signal's name. As with docker, a process that calls
  *   `exit(137)` is indistinguishable from one killed by SIGKILL.
@@ -64,8 +64,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, read as fsReadCb, readFileSync, rmSync, write as fsWriteCb } from 'node:fs';
-import { promisify } from 'node:util';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, rm, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
@@ -74,7 +73,7 @@ import { errAlreadyExists, errInvalidArgument, errUnavailable, KilnError, wrap }
 import { detectCgroups } from './cgroups.ts';
 import { removeTree } from '../fs/safe.ts';
 import { generateSpec, writeSpec } from './spec.ts';
-import { native } from '../native/index.ts';
+import { acceptConsole, type ConsoleSocket, copyConsole, openConsoleSocket } from './console.ts';
 
 export type RuntimeName = 'crun' | 'runc';
 
@@ -252,39 +251,6 @@ export function underTerminal(argv: string[]): string[] {
     argv.map(shellQuote).join(' '),
     '/dev/null',
   ];
-}
-
-const fsRead = promisify(fsReadCb);
-const fsWrite = promisify(fsWriteCb) as (
-  fd: number,
-  buffer: Buffer,
-  offset: number,
-  length: number,
-) => Promise<{ bytesWritten: number; buffer: Buffer }>;
-
-interface ConsoleSocket {
-  path: string;
-  accept(): number | null;
-  close(): void;
-}
-
-/** A console socket for one run (`<stateDir>/logs/<token>.sock`, or under /tmp when that path is too long for a socket). */
-function openConsoleSocket(stateDir: string, token: string): ConsoleSocket {
-  let p = path.join(stateDir, 'logs', `console-${token}.sock`);
-  if (Buffer.byteLength(p) > 100) p = path.join('/tmp', `kiln-console-${process.pid}-${token}.sock`);
-  rmSync(p, { force: true });
-  const fd = native().consoleListen(p);
-  let open = true;
-  return {
-    path: p,
-    accept: () => native().consoleAccept(fd),
-    close: () => {
-      if (!open) return;
-      open = false;
-      closeSync(fd);
-      rmSync(p, { force: true });
-    },
-  };
 }
 
 export class OciRuntime {
@@ -660,115 +626,12 @@ export class OciRuntime {
     const gate = { started: false, pidFile };
     const stdout = forward(child.stdout, undefined, null);
     const stderr = forward(child.stderr, opts.stderr, gate);
-    let master: number | null = null;
-    try {
-      // The runtime connects right after it made the terminal: poll the non-blocking socket.
-      while (master === null && !exited) {
-        master = sock.accept();
-        if (master === null) await new Promise((r) => setTimeout(r, 1));
-      }
-    } finally {
-      sock.close();
-    }
-    let copied: Promise<void> = Promise.resolve();
-    let feeding: Promise<void> = Promise.resolve();
-    let stopFeeding = (): void => undefined;
-    if (master !== null) {
-      const fd = master;
-      if (process.stdout.isTTY && process.stdout.rows && process.stdout.columns) {
-        try {
-          native().setWindowSize(fd, process.stdout.rows, process.stdout.columns);
-        } catch {
-          // a size is a nicety
-        }
-      }
-      // Plain reads and writes on the master, which this function alone closes (fs streams
-      // close their descriptor when destroyed).
-      copied = (async () => {
-        const buf = Buffer.allocUnsafe(64 * 1024);
-        for (;;) {
-          let n: number;
-          try {
-            n = (await fsRead(fd, buf, 0, buf.length, null)).bytesRead;
-          } catch {
-            return; // EIO: the last process holding the terminal closed it
-          }
-          if (n === 0) return;
-          const out = opts.stdout;
-          if (out && !out.write(Buffer.from(buf.subarray(0, n))))
-            await new Promise<void>((r) => out.once('drain', () => r()));
-        }
-      })();
-      const src = opts.stdin;
-      if (src !== undefined) {
-        // The end of the input reaches the terminal as its end-of-file character (after one that
-        // completes a partial last line), as a keyboard would send it.
-        let stopped = false;
-        const write = async (b: Buffer): Promise<void> => {
-          for (let off = 0; off < b.length && !stopped; ) {
-            off += (await fsWrite(fd, b, off, b.length - off)).bytesWritten;
-          }
-        };
-        const eofFor = (last: number): Buffer => Buffer.from(last === 0x0a ? [0x04] : [0x04, 0x04]);
-        if (typeof src === 'string' || Buffer.isBuffer(src)) {
-          const b = Buffer.from(src);
-          feeding = write(Buffer.concat([b, eofFor(b.length > 0 ? b[b.length - 1]! : 0x0a)])).catch(
-            () => undefined,
-          );
-        } else {
-          let onData: ((c: Buffer | string) => void) | undefined;
-          let onEnd: (() => void) | undefined;
-          feeding = new Promise<void>((resolve) => {
-            let last = 0x0a;
-            let chain = Promise.resolve();
-            onData = (c) => {
-              const b = Buffer.from(c);
-              if (b.length === 0) return;
-              last = b[b.length - 1]!;
-              src.pause();
-              chain = chain
-                .then(() => write(b))
-                .then(
-                  () => {
-                    if (!stopped) src.resume();
-                  },
-                  () => resolve(),
-                );
-            };
-            onEnd = () => {
-              chain = chain
-                .then(() => write(eofFor(last)))
-                .then(
-                  () => resolve(),
-                  () => resolve(),
-                );
-            };
-            src.on('data', onData);
-            src.once('end', onEnd);
-            stopFeeding = () => {
-              stopped = true;
-              src.off('data', onData!);
-              src.off('end', onEnd!);
-              void chain.then(() => resolve());
-            };
-          });
-        }
-        const prev = stopFeeding;
-        stopFeeding = () => {
-          stopped = true;
-          prev();
-        };
-      }
-    }
+    const master = await acceptConsole(sock, () => exited);
+    const copy = master === null ? undefined : copyConsole(master, opts);
     const result = await exit;
-    if (master !== null) {
-      // The container's processes are gone (its init exited, so the kernel killed the rest):
-      // what they wrote is in the terminal; wait for the reader to reach its end.
-      await copied;
-      stopFeeding();
-      await feeding;
-      closeSync(master);
-    }
+    // The container's processes are gone (its init exited, so the kernel killed the rest): what
+    // they wrote is in the terminal; wait for the reader to reach its end.
+    await copy?.finish();
     const dropHeld = result.code !== 0 && !existsSync(pidFile);
     await Promise.all([stdout.finish(false), stderr.finish(dropHeld)]);
     return result;
