@@ -4,10 +4,11 @@
  * one, and the file-level import graph has no cycles.
  */
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { listTs } from './source-files.ts';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const src = join(root, 'src');
@@ -63,16 +64,6 @@ function rankOf(file: string): number | undefined {
     if (file.startsWith(prefix) && (!best || prefix.length > best[0].length)) best = [prefix, rank];
   }
   return best?.[1];
-}
-
-function listTs(dir: string): string[] {
-  const out: string[] = [];
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, entry.name);
-    if (entry.isDirectory()) out.push(...listTs(p));
-    else if (entry.name.endsWith('.ts')) out.push(p);
-  }
-  return out;
 }
 
 const IMPORT_RE =

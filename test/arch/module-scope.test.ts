@@ -8,11 +8,12 @@
  * with the TypeScript parser and fails on such reads outside functions.
  */
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
+import { listTs } from './source-files.ts';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const src = join(root, 'src');
@@ -24,16 +25,6 @@ const PROCESS_FACTS = [
   /^Date\.now\(|^new Date\(\)|^performance\.now\(/,
   /^(crypto\.)?(randomBytes|randomUUID|randomInt)\(|^Math\.random\(/,
 ];
-
-function files(dir: string): string[] {
-  const out: string[] = [];
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    if (e.isDirectory()) out.push(...files(p));
-    else if (e.name.endsWith('.ts')) out.push(p);
-  }
-  return out;
-}
 
 /** Source texts of process reads evaluated when `file` loads (function bodies are skipped). */
 function loadTimeReads(file: string): string[] {
@@ -67,7 +58,7 @@ function loadTimeReads(file: string): string[] {
 }
 
 test('no module reads process facts while it loads (they would be frozen into the CLI start-up snapshot)', () => {
-  const found = files(src)
+  const found = listTs(src)
     .filter((f) => !f.startsWith(join(src, 'gen')))
     .flatMap(loadTimeReads);
   assert.deepEqual(found, []);
