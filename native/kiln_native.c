@@ -123,6 +123,24 @@ static napi_value throw_type(napi_env env, const char *msg) {
   return NULL;
 }
 
+/* Reads the first n arguments as int32 into out; 0 when fewer are given or one is not a number. */
+static int get_int32_args(napi_env env, napi_callback_info info, size_t n, int32_t *out) {
+  napi_value argv[4];
+  size_t argc = 4;
+  if (n > 4) return 0;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < n) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (napi_get_value_int32(env, argv[i], &out[i]) != napi_ok) return 0;
+  return 1;
+}
+
+static napi_value int32_value(napi_env env, int32_t v) {
+  napi_value ret;
+  napi_create_int32(env, v, &ret);
+  return ret;
+}
+
 /* Copies a JS string argument into a new heap buffer; NULL for null/undefined when allowed. */
 static int get_str(napi_env env, napi_value v, char **out, int nullable) {
   napi_valuetype t;
@@ -455,12 +473,9 @@ static napi_value js_lutimensat(napi_env env, napi_callback_info info) {
 }
 
 static napi_value js_flock(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  int32_t fd = -1, op = 0;
-  if (argc < 2 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_int32(env, argv[1], &op) != napi_ok)
-    return throw_type(env, "flock(fd, operation)");
+  int32_t a[2];
+  if (!get_int32_args(env, info, 2, a)) return throw_type(env, "flock(fd, operation)");
+  int32_t fd = a[0], op = a[1];
   int rc;
   do {
     rc = flock(fd, op);
@@ -763,19 +778,13 @@ static napi_value js_console_listen(napi_env env, napi_callback_info info) {
     return r;
   }
   free(p);
-  napi_value ret;
-  napi_create_int32(env, fd, &ret);
-  return ret;
+  return int32_value(env, fd);
 }
 
 /* consoleAccept(listenFd) -> fd | null: the descriptor a runtime sent, or null while none connected. */
 static napi_value js_console_accept(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  int32_t lfd = -1;
-  if (argc < 1 || napi_get_value_int32(env, argv[0], &lfd) != napi_ok)
-    return throw_type(env, "consoleAccept(fd)");
+  int32_t lfd;
+  if (!get_int32_args(env, info, 1, &lfd)) return throw_type(env, "consoleAccept(fd)");
   int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
   if (c < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
@@ -804,22 +813,15 @@ static napi_value js_console_accept(napi_env env, napi_callback_info info) {
     return throw_errno(env, EBADMSG, "recvmsg", "console socket: no descriptor");
   int fd;
   memcpy(&fd, CMSG_DATA(h), sizeof fd);
-  napi_value ret;
-  napi_create_int32(env, fd, &ret);
-  return ret;
+  return int32_value(env, fd);
 }
 
 /* setWindowSize(fd, rows, cols): TIOCSWINSZ on a terminal. */
 static napi_value js_set_window_size(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  int32_t fd = -1, rows = 0, cols = 0;
-  if (argc < 3 || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
-      napi_get_value_int32(env, argv[1], &rows) != napi_ok || napi_get_value_int32(env, argv[2], &cols) != napi_ok)
-    return throw_type(env, "setWindowSize(fd, rows, cols)");
-  struct winsize ws = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
-  if (ioctl(fd, TIOCSWINSZ, &ws) < 0) return throw_errno(env, errno, "ioctl(TIOCSWINSZ)", NULL);
+  int32_t a[3];
+  if (!get_int32_args(env, info, 3, a)) return throw_type(env, "setWindowSize(fd, rows, cols)");
+  struct winsize ws = {.ws_row = (unsigned short)a[1], .ws_col = (unsigned short)a[2]};
+  if (ioctl(a[0], TIOCSWINSZ, &ws) < 0) return throw_errno(env, errno, "ioctl(TIOCSWINSZ)", NULL);
   return NULL;
 }
 

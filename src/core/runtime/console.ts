@@ -6,19 +6,24 @@
  * the caller's input to the master.
  *
  * Contract:
- * - `openConsoleSocket(stateDir, token)`: a listening socket at
+ * - `consoleSocketFor(runtime, token)`: a listening socket at
  *   `<stateDir>/logs/console-<token>.sock` (under /tmp when that path is
- *   too long for a socket address); `close()` removes it.
- * - `acceptConsole(sock, done)`: polls the non-blocking socket until the
- *   runtime sent the master, or `done()` (the runtime exited without), then
- *   closes the socket.
- * - `copyConsole(master, io)`: copies with plain reads and writes (fs
+ *   too long for a socket address) for crun; undefined for runc, which takes
+ *   a console socket only when it detaches (then no process of ours could
+ *   wait for the container), so its foreground console mode runs under
+ *   util-linux `script`. `close()` removes the socket.
+ * - `attachConsole(sock, exit, io, graceMs)`, for the runtime process whose
+ *   end `exit` resolves with: takes the master once the runtime sends it
+ *   (polling the non-blocking socket; none if the runtime exits first,
+ *   which also closes the socket), copies it as below while the process
+ *   runs, and resolves with `exit`'s value once the copy finished.
+ * - The copy uses plain reads and writes (fs
  *   streams close their descriptor when destroyed, and the two directions
  *   share one). The end of the input reaches the terminal as its end-of-file
  *   character (after one that completes a partial last line), as a keyboard
  *   sends it; no input leaves the terminal open and silent (docker's `-t`
  *   without `-i`). The size is Kiln's stdout's when that is a terminal.
- *   `finish(graceMs)`, once the process has exited, waits for the master to
+ *   Once the process has exited, it waits for the master to
  *   report its end (EIO: every process of it closed the terminal), so the
  *   last output is never lost, stops the input and closes the master. With
  *   `graceMs` (exec: a process it started may keep the terminal open) it
@@ -46,8 +51,12 @@ export interface ConsoleSocket {
   close(): void;
 }
 
-export function openConsoleSocket(stateDir: string, token: string): ConsoleSocket {
-  let p = path.join(stateDir, 'logs', `console-${token}.sock`);
+export function consoleSocketFor(
+  runtime: { readonly name: string; readonly stateDir: string },
+  token: string,
+): ConsoleSocket | undefined {
+  if (runtime.name !== 'crun') return undefined;
+  let p = path.join(runtime.stateDir, 'logs', `console-${token}.sock`);
   if (Buffer.byteLength(p) > 100) p = path.join('/tmp', `kiln-console-${process.pid}-${token}.sock`);
   rmSync(p, { force: true });
   const fd = native().consoleListen(p);
@@ -64,7 +73,27 @@ export function openConsoleSocket(stateDir: string, token: string): ConsoleSocke
   };
 }
 
-export async function acceptConsole(sock: ConsoleSocket, done: () => boolean): Promise<number | null> {
+export async function attachConsole<T>(
+  sock: ConsoleSocket,
+  exit: Promise<T>,
+  io: ConsoleIO,
+  graceMs?: number,
+): Promise<T> {
+  let exited = false;
+  const settled = (): void => {
+    exited = true;
+  };
+  exit.then(settled, settled);
+  const master = await acceptConsole(sock, () => exited);
+  const copy = master === null ? undefined : copyConsole(master, io);
+  try {
+    return await exit;
+  } finally {
+    await copy?.finish(graceMs);
+  }
+}
+
+async function acceptConsole(sock: ConsoleSocket, done: () => boolean): Promise<number | null> {
   let master: number | null = null;
   try {
     while (master === null && !done()) {
@@ -82,7 +111,7 @@ export interface ConsoleIO {
   stdout?: Writable;
 }
 
-export function copyConsole(master: number, io: ConsoleIO): { finish(graceMs?: number): Promise<void> } {
+function copyConsole(master: number, io: ConsoleIO): { finish(graceMs?: number): Promise<void> } {
   if (process.stdout.isTTY && process.stdout.rows && process.stdout.columns) {
     try {
       native().setWindowSize(master, process.stdout.rows, process.stdout.columns);

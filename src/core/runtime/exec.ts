@@ -36,7 +36,7 @@ import {
   SIGNAL_NAMES,
   underTerminal,
 } from './runtime.ts';
-import { acceptConsole, copyConsole, openConsoleSocket } from './console.ts';
+import { attachConsole, consoleSocketFor } from './console.ts';
 import { type OciSpec, writeFileAtomic } from './spec.ts';
 
 export interface ExecOptions {
@@ -92,11 +92,10 @@ export async function execInContainer(
   const command = proc.args[0] ?? '';
   try {
     await writeFileAtomic(processFile, JSON.stringify(proc), 0o600);
-    const sock =
-      proc.terminal && runtime.name === 'crun' ? openConsoleSocket(runtime.stateDir, token) : undefined;
-    let argv: string[];
+    const sock = proc.terminal ? consoleSocketFor(runtime, token) : undefined;
+    let child: ReturnType<typeof spawn>;
     try {
-      argv = await runtime.commandLine(
+      let argv = await runtime.commandLine(
         [
           'exec',
           ...(sock ? ['--console-socket', sock.path] : []),
@@ -108,13 +107,7 @@ export async function execInContainer(
         ],
         logFile,
       );
-    } catch (err) {
-      sock?.close();
-      throw err;
-    }
-    if (proc.terminal && !sock) argv = underTerminal(argv);
-    let child: ReturnType<typeof spawn>;
-    try {
+      if (proc.terminal && !sock) argv = underTerminal(argv);
       child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
     } catch (err) {
       sock?.close();
@@ -144,28 +137,15 @@ export async function execInContainer(
         opts.stderr,
         proc.terminal && !sock ? null : () => existsSync(pidFile),
       );
-      let closed = false;
       const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>(
         (resolve, reject) => {
           child.on('error', (e) => reject(wrap(e, `exec in container "${id}": start ${runtime.name}`)));
-          child.on('close', (c, s) => {
-            closed = true;
-            resolve({ code: c, signal: s });
-          });
+          child.on('close', (c, s) => resolve({ code: c, signal: s }));
         },
       );
-      const master = sock ? await acceptConsole(sock, () => closed) : null;
-      const copy =
-        master === null
-          ? undefined
-          : copyConsole(master, {
-              ...(opts.stdin !== undefined ? { stdin: opts.stdin } : {}),
-              ...(opts.stdout ? { stdout: opts.stdout } : {}),
-            });
-      const { code, signal } = await exited;
-      // The exec'd process is gone; what it wrote is in the terminal until the reader's end
-      // (bounded: a process it started in the background may hold the terminal).
-      await copy?.finish(2000);
+      // The wait for the terminal's end is bounded: a process the exec'd one started in the
+      // background may hold the terminal.
+      const { code, signal } = sock ? await attachConsole(sock, exited, opts, 2000) : await exited;
       if (
         !sock &&
         opts.stdin &&

@@ -73,7 +73,7 @@ import { errAlreadyExists, errInvalidArgument, errUnavailable, KilnError, wrap }
 import { detectCgroups } from './cgroups.ts';
 import { removeTree } from '../fs/safe.ts';
 import { generateSpec, writeSpec } from './spec.ts';
-import { acceptConsole, type ConsoleSocket, copyConsole, openConsoleSocket } from './console.ts';
+import { attachConsole, type ConsoleSocket, consoleSocketFor } from './console.ts';
 
 export type RuntimeName = 'crun' | 'runc';
 
@@ -530,10 +530,7 @@ export class OciRuntime {
     // With a terminal, the runtime sends the terminal's master over a console socket and Kiln
     // copies between it and the caller's streams (the runtime's own foreground copying lost
     // the output of processes that exited at once).
-    // runc takes a console socket only when it detaches (then no process of ours could wait for
-    // the container): it keeps its foreground console mode under `script`.
-    const consoleSock =
-      opts.tty && this.name === 'crun' ? openConsoleSocket(this.stateDir, `${token}`) : undefined;
+    const consoleSock = opts.tty ? consoleSocketFor(this, token) : undefined;
     let argv = this.#argv(
       [
         'run',
@@ -615,23 +612,16 @@ export class OciRuntime {
   ): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
     child.stdin?.on('error', () => undefined);
     child.stdin?.end();
-    let exited = false;
     const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve, reject) => {
       child.on('error', (e) => reject(wrap(e, `run container: start ${this.name}`)));
-      child.on('close', (code, signal) => {
-        exited = true;
-        resolve({ code, signal });
-      });
+      child.on('close', (code, signal) => resolve({ code, signal }));
     });
     const gate = { started: false, pidFile };
     const stdout = forward(child.stdout, undefined, null);
     const stderr = forward(child.stderr, opts.stderr, gate);
-    const master = await acceptConsole(sock, () => exited);
-    const copy = master === null ? undefined : copyConsole(master, opts);
-    const result = await exit;
-    // The container's processes are gone (its init exited, so the kernel killed the rest): what
-    // they wrote is in the terminal; wait for the reader to reach its end.
-    await copy?.finish();
+    // Unbounded wait for the terminal's end: the container's init exited, so the kernel killed
+    // the rest of its processes.
+    const result = await attachConsole(sock, exit, opts);
     const dropHeld = result.code !== 0 && !existsSync(pidFile);
     await Promise.all([stdout.finish(false), stderr.finish(dropHeld)]);
     return result;
