@@ -18,6 +18,8 @@ export interface Globals {
   namespace: string;
   snapshotter: 'overlayfs' | 'native';
   logLevel: string;
+  /** A kilnd address (`--host` / KILN_HOST): commands that support it run there. */
+  host?: string;
 }
 
 export interface CliContext {
@@ -44,16 +46,32 @@ export function defaultRoot(): string {
 }
 
 export function createContext(program: Command): CliContext {
-  let core: Promise<Core> | undefined;
-  let logger: Logger | undefined;
-  let lock: StateLock | undefined;
-  const globals = (): Globals => {
-    const o = program.opts<{ root: string; namespace: string; snapshotter: string; logLevel: string }>();
+  return createContextFor(() => {
+    const o = program.opts<{
+      root: string;
+      namespace: string;
+      snapshotter: string;
+      logLevel: string;
+      host?: string;
+    }>();
     if (o.snapshotter !== 'overlayfs' && o.snapshotter !== 'native') {
       throw new Error(`invalid --snapshotter "${o.snapshotter}": want overlayfs or native`);
     }
-    return { root: o.root, namespace: o.namespace, snapshotter: o.snapshotter, logLevel: o.logLevel };
-  };
+    return {
+      root: o.root,
+      namespace: o.namespace,
+      snapshotter: o.snapshotter,
+      logLevel: o.logLevel,
+      ...(o.host ? { host: o.host } : {}),
+    };
+  });
+}
+
+/** A context over given global options (the CLI's, or kilnd's own). */
+export function createContextFor(globals: () => Globals): CliContext {
+  let core: Promise<Core> | undefined;
+  let logger: Logger | undefined;
+  let lock: StateLock | undefined;
   return {
     globals,
     async log() {

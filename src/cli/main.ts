@@ -1,7 +1,8 @@
 /**
- * The `kiln` command line. Runs the engine in-process (no daemon needed).
+ * The `kiln` command line. Runs the engine in-process (no daemon needed), or
+ * with --host / KILN_HOST sends builds to a kilnd (src/daemon).
  * Global options: --root (state directory), --namespace / KILN_NAMESPACE,
- * --snapshotter, --log-level. Exit codes: 0 success, 1 failure, 2 usage error.
+ * --snapshotter, --log-level, --host. Exit codes: 0 success, 1 failure, 2 usage error.
  */
 import { Command, CommanderError } from 'commander';
 import { KilnError } from '../core/errors.ts';
@@ -54,7 +55,7 @@ const COMMANDS: Record<string, string> = {
 };
 
 /** Global options that take a value (the command word comes after them). */
-const VALUE_OPTIONS = new Set(['--root', '-n', '--namespace', '--snapshotter', '--log-level']);
+const VALUE_OPTIONS = new Set(['--root', '-n', '--namespace', '--snapshotter', '--log-level', '--host']);
 
 /** The modules a command line needs: its command's, or all when there is none or it is unknown. */
 export function modulesFor(args: string[]): string[] {
@@ -91,6 +92,11 @@ export async function buildProgram(args: string[]): Promise<{ program: Command; 
       '--log-level <level>',
       'log level: trace, debug, info, warn, error',
       process.env.KILN_LOG_LEVEL ?? 'warn',
+    )
+    .option(
+      '--host <address>',
+      'run builds on this kilnd, e.g. unix:///run/kiln/kilnd.sock (env KILN_HOST; default: in this process)',
+      process.env.KILN_HOST || undefined,
     )
     .enablePositionalOptions()
     .showHelpAfterError()

@@ -56,6 +56,7 @@ const LAYERS: [prefix: string, rank: number][] = [
   ['control/', 16],
   ['client/', 17],
   ['cli/', 18],
+  ['daemon/', 18], // kilnd's command line
 ];
 
 function rankOf(file: string): number | undefined {

@@ -4,18 +4,18 @@
  * (src/exporter), with live progress on standard error.
  *
  * - Context: a directory, `-` (a tar or a lone Dockerfile on stdin), or a
- *   git URL (see src/cli/buildctx/context.ts).
+ *   git URL (see src/control/context.ts).
  * - Base images: the local image store first, else pulled from their
- *   registry (src/cli/buildctx/images.ts); `--pull` always asks the registry.
+ *   registry (src/control/images.ts); `--pull` always asks the registry.
  * - Outputs: `-o type=image|registry|oci|docker|local|tar,…` (several
  *   allowed, exported in one step so they share one image), `-t NAME` is
  *   shorthand for `-o type=image,name=NAME` (rule in
- *   src/cli/buildctx/outputs.ts). Without -t or -o the result stays in the
+ *   src/control/outputs.ts). Without -t or -o the result stays in the
  *   build cache only, with a warning (as buildx does).
  * - `--no-cache` runs every step; `--no-cache-filter STAGE` the steps of
  *   those stages and of everything built on them; `--network host|none`
  *   applies to every RUN without its own `--network`
- *   (src/cli/buildctx/definition.ts). Default: no network (`none`).
+ *   (src/control/definition.ts). Default: no network (`none`).
  * - `-q` prints nothing but errors, and the image ID on success.
  * - `--iidfile` gets the image ID (config digest); `--metadata-file` gets
  *   JSON with `containerimage.digest`, `containerimage.config.digest`,
@@ -31,34 +31,15 @@
  * foreign platform's RUN needs binfmt emulation on the host; one ssh agent
  * socket per `--ssh` id (no key files).
  */
-import { writeOutputFile } from '../../core/fs/safe.ts';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { errInvalidArgument, isKilnError, KilnError } from '../../core/errors.ts';
-import { parsePlatform } from '../../core/images/platform.ts';
-import { parseReference } from '../../core/images/reference.ts';
-import type { Definition } from '../../gen/kiln/llb/v1/llb_pb.ts';
-import { convertDockerfile, DockerfileSyntaxError } from '../../frontend/dockerfile/index.ts';
-import { SCRATCH, snapshotOf } from '../../ops/refs.ts';
-import type { OutputSpec } from '../../exporter/index.ts';
-import {
-  Authorizer,
-  defaultCertsDirs,
-  dockerConfigCredentials,
-  type RemoteOptions,
-} from '../../core/remotes/index.ts';
-import { now, type ProgressEvent } from '../../solver/progress.ts';
-import { SolveError } from '../../solver/solver.ts';
-import type { Result, Vertex } from '../../solver/types.ts';
-import { Worker } from '../../worker/worker.ts';
-import { type BuildContext, prepareContext } from '../buildctx/context.ts';
-import { markNoCache, nameContextSource, sourceExcerpt, withNetwork } from '../buildctx/definition.ts';
-import { BuildImageResolver } from '../buildctx/images.ts';
-import { type ExportRecord, parseOutputs, runOutputs } from '../buildctx/outputs.ts';
+import type { BuildOutcome, BuildParams } from '../../control/build.ts';
 import { parseSecrets, parseSsh } from '../buildctx/sessions.ts';
 import type { CliContext } from '../context.ts';
+import { KilnError, errInvalidArgument } from '../../core/errors.ts';
+import type { ProgressEvent } from '../../solver/progress.ts';
 import { collect } from '../format.ts';
-import { type BuildSummary, createPrinter, type ErrorReport, parseProgressMode } from '../progress/index.ts';
+import { createPrinter, parseProgressMode } from '../progress/index.ts';
 
 export interface BuildOptions {
   file?: string;
@@ -119,240 +100,128 @@ function keyValues(items: string[] | undefined, what: string): Record<string, st
   return out;
 }
 
-function sourceDateEpoch(args: Record<string, string>): number | undefined {
-  const raw = args.SOURCE_DATE_EPOCH ?? process.env.SOURCE_DATE_EPOCH;
-  if (raw === undefined || raw === '') return undefined;
-  if (!/^\d+$/.test(raw))
-    throw errInvalidArgument(`invalid SOURCE_DATE_EPOCH "${raw}": want seconds since 1970`);
-  return Number(raw);
-}
-
-function fullName(ref: string): string {
-  try {
-    return parseReference(ref).full;
-  } catch {
-    return ref;
-  }
-}
-
-/** Writes `data` to `file` atomically (temp + fsync + rename). */
-async function writeAtomic(file: string, data: string): Promise<void> {
-  // Temp file and rename, except onto a device or FIFO (e.g. /dev/null), which is written in place.
-  await writeOutputFile(path.resolve(file), (fh) => fh.writeFile(data));
-}
-
-/** Turns any failure into the report the printers show. */
-function errorReport(err: unknown, def: Definition | undefined, dockerfile: string | undefined): ErrorReport {
-  const message = err instanceof Error ? err.message : String(err);
-  if (err instanceof SolveError) {
-    const source = def ? sourceExcerpt(def, err.vertex.digest) : undefined;
-    return { message, vertex: err.vertex, ...(source ? { source } : {}) };
-  }
-  if (err instanceof DockerfileSyntaxError && err.line > 0 && dockerfile !== undefined) {
-    return {
-      message,
-      source: { filename: err.file, start: err.line, end: err.line, lines: dockerfile.split('\n') },
-    };
-  }
-  // Errors from the frontend's image resolution carry `Dockerfile:N:` in front.
-  const m = /^(\S+?):(\d+): /.exec(message);
-  if (m && dockerfile !== undefined) {
-    const line = Number(m[2]);
-    return { message, source: { filename: m[1]!, start: line, end: line, lines: dockerfile.split('\n') } };
-  }
-  return { message };
-}
-
-/**
- * The solver stops at the first cache hit on the way down, so the ancestors
- * of a cached vertex send no event; like BuildKit, show them as CACHED too
- * (inputs first).
- */
-function reportSkipped(
-  worker: Worker,
-  def: Definition,
-  seen: Set<string>,
-  emit: (ev: ProgressEvent) => void,
-): void {
-  const edge = worker.loadDefinition(def);
-  if (!edge) return;
-  const done = new Set<string>();
-  const order: Vertex[] = [];
-  const visit = (v: Vertex): void => {
-    if (done.has(v.digest)) return;
-    done.add(v.digest);
-    for (const i of v.inputs) visit(i.vertex);
-    order.push(v);
-  };
-  visit(edge.vertex);
-  const t = now();
-  for (const v of order) {
-    if (!seen.has(v.digest))
-      emit({ type: 'vertex', digest: v.digest, name: v.name, cached: true, started: t, completed: t });
-  }
-}
-
 /** Runs one build; returns the exit code. */
+/** The build's parameters from the command line, with what only this process has resolved. */
+async function paramsFrom(contextArg: string, opts: BuildOptions): Promise<BuildParams> {
+  const params: BuildParams = {
+    context: contextArg,
+    tags: opts.tag ?? [],
+    buildArgs: buildArgs(opts.buildArg),
+    labels: keyValues(opts.label, '--label'),
+    secrets: await parseSecrets(opts.secret ?? []),
+    noCache: !opts.cache,
+    noCacheFilter: Array.isArray(opts.cacheFilter) ? opts.cacheFilter : [],
+    outputs: opts.output ?? [],
+    pull: opts.pull ?? false,
+    insecureRegistries: opts.insecureRegistry ?? [],
+    certsDirs: opts.certsDir ?? [],
+  };
+  const ssh = parseSsh(opts.ssh ?? []);
+  if (ssh) params.ssh = ssh;
+  if (opts.file !== undefined) params.file = opts.file;
+  if (opts.target !== undefined) params.target = opts.target;
+  if (opts.platform !== undefined) params.platform = opts.platform;
+  if (opts.network !== undefined) params.network = opts.network;
+  if (opts.iidfile !== undefined) params.iidfile = opts.iidfile;
+  if (opts.metadataFile !== undefined) params.metadataFile = opts.metadataFile;
+  if (process.env.SOURCE_DATE_EPOCH !== undefined) params.sourceDateEpoch = process.env.SOURCE_DATE_EPOCH;
+  return params;
+}
+
+/** Sends the build to kilnd at `host`. */
+async function remoteBuild(
+  host: string,
+  namespace: string,
+  params: BuildParams,
+  emit: (ev: ProgressEvent) => void,
+  signal: AbortSignal,
+): Promise<BuildOutcome> {
+  if (params.context === '-' || params.file === '-') {
+    throw errInvalidArgument(
+      `--host ${host}: a context or Dockerfile on standard input (-) cannot be sent to kilnd; give a path`,
+    );
+  }
+  const { KilnClient } = await import('../../client/index.ts');
+  const client = new KilnClient(host);
+  try {
+    const ssh = params.ssh
+      ? Object.fromEntries(Object.entries(params.ssh).map(([k, v]) => [k, path.resolve(v)]))
+      : {};
+    return await client.build(
+      {
+        context: params.context,
+        dockerfile: params.file ?? '',
+        tags: params.tags,
+        buildArgs: params.buildArgs,
+        labels: params.labels,
+        target: params.target ?? '',
+        platform: params.platform ?? '',
+        secrets: params.secrets,
+        ssh,
+        noCache: params.noCache,
+        noCacheFilter: params.noCacheFilter,
+        network: params.network ?? '',
+        outputs: params.outputs,
+        pull: params.pull,
+        insecureRegistries: params.insecureRegistries,
+        certsDirs: params.certsDirs,
+        iidfile: params.iidfile ?? '',
+        metadataFile: params.metadataFile ?? '',
+        namespace,
+        sourceDateEpoch: params.sourceDateEpoch ?? '',
+        cwd: process.cwd(),
+      },
+      { onEvent: emit, signal },
+    );
+  } finally {
+    client.close();
+  }
+}
+
+/** Runs one build, in this process or on kilnd (--host); returns the exit code. */
 export async function runBuild(ctx: CliContext, contextArg: string, opts: BuildOptions): Promise<number> {
   const mode = opts.quiet ? 'quiet' : parseProgressMode(opts.progress);
   const printer = createPrinter(mode, process.stderr);
-  const summary: BuildSummary = { results: [], warnings: [] };
-  const seen = new Set<string>();
-  const emit = (ev: ProgressEvent): void => {
-    seen.add(ev.type === 'vertex' ? ev.digest : ev.vertex);
-    printer.write(ev);
-  };
   const abort = new AbortController();
   const onSignal = (sig: NodeJS.Signals): void =>
     abort.abort(new KilnError('Canceled', `build canceled by ${sig}`));
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM'];
   for (const s of signals) process.on(s, onSignal);
-
-  let internal = 0;
-  /** A CLI-side step shown in the progress like a solver vertex. */
-  const step = async <T>(name: string, fn: (vertex: string) => Promise<T>): Promise<T> => {
-    const digest = `kiln-internal:${++internal}`;
-    const started = now();
-    emit({ type: 'vertex', digest, name, started });
-    try {
-      const r = await fn(digest);
-      emit({ type: 'vertex', digest, name, started, completed: now() });
-      return r;
-    } catch (err) {
-      emit({ type: 'vertex', digest, name, started, completed: now(), error: (err as Error).message });
-      throw err;
-    }
-  };
-
-  let bctx: BuildContext | undefined;
-  let def: Definition | undefined;
-  let worker: Worker | undefined;
-  let result: Result | undefined;
+  const emit = (ev: ProgressEvent): void => printer.write(ev);
   try {
-    const args = buildArgs(opts.buildArg);
-    const epoch = sourceDateEpoch(args);
-    const labels = keyValues(opts.label, '--label');
-    const secrets = await parseSecrets(opts.secret ?? []);
-    const ssh = parseSsh(opts.ssh ?? []);
-    if (opts.network !== undefined && !['default', 'host', 'none'].includes(opts.network)) {
-      throw errInvalidArgument(`invalid --network "${opts.network}": want default, host or none`);
-    }
-    const platform = opts.platform ? parsePlatform(opts.platform) : undefined;
-    const outputs: OutputSpec[] = parseOutputs(opts.output ?? [], opts.tag ?? []);
-    const remote: RemoteOptions = {
-      insecure: opts.insecureRegistry ?? [],
-      certsDirs: opts.certsDir?.length ? opts.certsDir : defaultCertsDirs(ctx.globals().root),
-      authorizer: new Authorizer({ credentials: dockerConfigCredentials() }),
-    };
-    const core = await ctx.core();
-    const resolver = new BuildImageResolver(core, { mode: opts.pull ? 'pull' : 'default', pull: { remote } });
-
-    bctx = await step(
-      `[internal] load build definition from ${opts.file && opts.file !== '-' ? path.basename(opts.file) : 'Dockerfile'}`,
-      () => prepareContext(contextArg, { ...(opts.file ? { file: opts.file } : {}) }),
-    );
-    const context = bctx;
-    const frontendResolver = resolver.frontend();
-    const converted = await convertDockerfile(context.dockerfile, {
-      filename: context.dockerfileName,
-      buildArgs: args,
-      labels,
-      contextName: 'context',
-      dockerignore: context.dockerignore,
-      ...(opts.target ? { target: opts.target } : {}),
-      ...(platform ? { platform } : {}),
-      ...(epoch !== undefined ? { created: new Date(epoch * 1000) } : {}),
-      imageResolver: (ref, p) =>
-        step(`[internal] load metadata for ${fullName(ref)}`, (vertex) =>
-          frontendResolver(ref, p, (pp) => {
-            if (pp.status !== 'done' && pp.status !== 'exists' && pp.status !== 'unpacked') return;
-            const t = now();
-            emit({
-              type: 'status',
-              vertex,
-              id: `${pp.kind} ${pp.digest} ${pp.status}`,
-              current: pp.offset,
-              total: pp.total,
-              completed: t,
-              timestamp: t,
-            });
-          }),
-        ),
-    });
-    for (const w of converted.warnings)
-      summary.warnings.push(`${context.dockerfileName}:${w.line}: ${w.message}`);
-    def = converted.definition;
-    nameContextSource(def, 'context');
-    if (opts.network === 'host' || opts.network === 'none') def = withNetwork(def, opts.network);
-    if (!opts.cache) markNoCache(def);
-    else if (Array.isArray(opts.cacheFilter) && opts.cacheFilter.length > 0) {
-      const wanted = opts.cacheFilter.flatMap((s) => s.split(',')).filter(Boolean);
-      const known = new Set(converted.stages.map((s) => s.name.toLowerCase()));
-      for (const s of wanted) {
-        if (!known.has(s.toLowerCase()))
-          throw errInvalidArgument(`--no-cache-filter: no stage named "${s}" in ${context.dockerfileName}`);
+    let outcome: BuildOutcome;
+    try {
+      const params = await paramsFrom(contextArg, opts);
+      const g = ctx.globals();
+      if (g.host) {
+        outcome = await remoteBuild(g.host, g.namespace, params, emit, abort.signal);
+      } else {
+        const { executeBuild } = await import('../../control/build.ts');
+        outcome = await executeBuild(await ctx.core(), params, {
+          root: g.root,
+          emit,
+          stdout: process.stdout,
+          stdin: process.stdin,
+          signal: abort.signal,
+        });
       }
-      markNoCache(def, wanted);
+    } catch (err) {
+      outcome = {
+        summary: { results: [], warnings: [], error: { message: (err as Error).message } },
+        canceled: abort.signal.aborted,
+        ...(err instanceof Error && err.stack ? { stack: err.stack } : {}),
+      };
     }
-
-    worker = new Worker({
-      core,
-      images: resolver,
-      sessions: { locals: { context: context.dir }, secrets, ...(ssh ? { sshAgents: ssh } : {}) },
-    });
-    result = await worker.solveDefinition(def, { signal: abort.signal, progress: { write: emit } });
-    reportSkipped(worker, def, seen, emit);
-
-    if (outputs.length > 0) {
-      const records: ExportRecord[] = await runOutputs(core, outputs, {
-        snapshot: result === SCRATCH ? undefined : snapshotOf(result),
-        imageConfig: converted.imageConfig,
-        ...(epoch !== undefined ? { sourceDateEpoch: epoch } : {}),
-        remote,
-        stdout: process.stdout,
-        step,
-        emit,
-        signal: abort.signal,
-      });
-      const image =
-        records.find((r) => r.type === 'image' || r.type === 'registry') ??
-        records.find((r) => r.manifestDigest);
-      for (const r of records) summary.results.push(...r.lines);
-      if (image && opts.iidfile) await writeAtomic(opts.iidfile, image.configDigest ?? '');
-      // docker build -q prints the image ID on standard output.
-      if (image?.configDigest && opts.quiet) process.stdout.write(`${image.configDigest}\n`);
-      if (opts.metadataFile) {
-        const meta: Record<string, unknown> = {};
-        if (image) {
-          meta['containerimage.digest'] = image.manifestDigest;
-          meta['containerimage.config.digest'] = image.configDigest;
-          if (image.descriptor) meta['containerimage.descriptor'] = image.descriptor;
-          const names = [...new Set(image.names)];
-          if (names.length > 0) meta['image.name'] = names.join(',');
-        }
-        await writeAtomic(opts.metadataFile, `${JSON.stringify(meta, null, 2)}\n`);
-      }
-    } else {
-      summary.warnings.push(
-        'No output specified: the build result will only remain in the build cache. Use -t NAME to make an image, or -o to export it.',
-      );
-      if (opts.iidfile) summary.warnings.push('--iidfile: no image output, nothing written');
-      if (opts.metadataFile) await writeAtomic(opts.metadataFile, '{}\n');
-    }
-    await printer.finish(summary);
-    return 0;
-  } catch (err) {
-    const canceled = abort.signal.aborted || isKilnError(err, 'Canceled');
-    summary.error = errorReport(err, def, bctx?.dockerfile);
-    await printer.finish(summary);
-    if (process.env.KILN_DEBUG && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
-    if (canceled) return String(abort.signal.reason).includes('SIGTERM') ? 143 : 130;
+    // docker build -q prints the image ID on standard output.
+    if (!outcome.summary.error && opts.quiet && outcome.imageId) process.stdout.write(`${outcome.imageId}\n`);
+    await printer.finish(outcome.summary);
+    if (!outcome.summary.error) return 0;
+    if (process.env.KILN_DEBUG && outcome.stack) process.stderr.write(`${outcome.stack}\n`);
+    if (outcome.canceled || abort.signal.aborted)
+      return String(abort.signal.reason).includes('SIGTERM') ? 143 : 130;
     return 1;
   } finally {
     for (const s of signals) process.removeListener(s, onSignal);
-    await result?.release().catch(() => undefined);
-    worker?.close();
-    await bctx?.cleanup();
   }
 }
 

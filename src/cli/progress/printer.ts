@@ -10,33 +10,12 @@
  * summary or the error report and, for the tty view, stops redrawing.
  */
 import type { ProgressEvent } from '../../solver/progress.ts';
+import type { BuildSummary, ErrorReport, SourceExcerpt } from '../../control/report.ts';
 import { type LogLine, type ProgressModel, seconds } from './model.ts';
 
 export type ProgressMode = 'auto' | 'tty' | 'plain' | 'rawjson' | 'quiet';
 
-/** A source excerpt for an error: the Dockerfile lines of the failing instruction. */
-export interface SourceExcerpt {
-  filename: string;
-  /** 1-based first and last line of the instruction. */
-  start: number;
-  end: number;
-  /** The whole file's lines. */
-  lines: string[];
-}
-
-export interface ErrorReport {
-  message: string;
-  /** The failing vertex (digest + name), when a step failed. */
-  vertex?: { digest: string; name: string };
-  source?: SourceExcerpt;
-}
-
-export interface BuildSummary {
-  /** Lines describing results, e.g. `image sha256:… named docker.io/library/x:latest`. */
-  results: string[];
-  warnings: string[];
-  error?: ErrorReport;
-}
+export type { BuildSummary, ErrorReport, SourceExcerpt } from '../../control/report.ts';
 
 export interface Printer {
   write(ev: ProgressEvent): void;

@@ -14,7 +14,7 @@
  * - `sourceExcerpt(def, digest)`: the Dockerfile lines an op came from.
  */
 import { clone, create, fromBinary } from '@bufbuild/protobuf';
-import { sha256 } from '../../core/digest.ts';
+import { sha256 } from '../core/digest.ts';
 import {
   type Definition,
   DefinitionSchema,
@@ -22,10 +22,10 @@ import {
   OpMetadataSchema,
   OpSchema,
   type OpMetadata,
-} from '../../gen/kiln/llb/v1/llb_pb.ts';
-import { parseDefinition } from '../../llb/definition.ts';
-import { encodeOp } from '../../llb/encoding.ts';
-import type { SourceExcerpt } from '../progress/printer.ts';
+} from '../gen/kiln/llb/v1/llb_pb.ts';
+import { parseDefinition } from '../llb/definition.ts';
+import { encodeOp } from '../llb/encoding.ts';
+import type { SourceExcerpt } from './report.ts';
 
 function stageOf(meta: OpMetadata | undefined): string | undefined {
   const name = meta?.description['llb.customname'];

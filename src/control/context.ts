@@ -26,8 +26,8 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { promisify } from 'node:util';
-import { errInvalidArgument, errNotFound, isErrno, KilnError } from '../../core/errors.ts';
-import { parseDockerignore } from '../../frontend/dockerfile/index.ts';
+import { errInvalidArgument, errNotFound, isErrno, KilnError } from '../core/errors.ts';
+import { parseDockerignore } from '../frontend/dockerfile/index.ts';
 
 const execFileAsync = promisify(execFile);
 

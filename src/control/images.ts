@@ -15,23 +15,23 @@
  * Answers are memoised per (reference, platform) for the resolver's lifetime
  * (one build), so a build sees one consistent image per reference.
  */
-import type { Digest } from '../../core/digest.ts';
-import { errNotFound, isKilnError, KilnError } from '../../core/errors.ts';
-import { readManifestAndConfig, unpack } from '../../core/images/index.ts';
-import { formatPlatform, hostPlatform, selectManifest } from '../../core/images/platform.ts';
-import { type PullOptions, type PullProgress, pull } from '../../core/images/pull.ts';
-import { parseReference } from '../../core/images/reference.ts';
+import type { Digest } from '../core/digest.ts';
+import { errNotFound, isKilnError, KilnError } from '../core/errors.ts';
+import { readManifestAndConfig, unpack } from '../core/images/index.ts';
+import { formatPlatform, hostPlatform, selectManifest } from '../core/images/platform.ts';
+import { type PullOptions, type PullProgress, pull } from '../core/images/pull.ts';
+import { parseReference } from '../core/images/reference.ts';
 import {
   type Descriptor,
   type ImageConfig,
   isIndexMediaType,
   type Platform,
   parseIndex,
-} from '../../core/images/types.ts';
-import type { Core } from '../../core/metadata/index.ts';
-import { readAll } from '../../core/images/content.ts';
-import type { Platform as LlbPlatform } from '../../gen/kiln/llb/v1/llb_pb.ts';
-import type { ImageResolver as OpsImageResolver, ResolvedImage as OpsResolvedImage } from '../../ops/env.ts';
+} from '../core/images/types.ts';
+import type { Core } from '../core/metadata/index.ts';
+import { readAll } from '../core/images/content.ts';
+import type { Platform as LlbPlatform } from '../gen/kiln/llb/v1/llb_pb.ts';
+import type { ImageResolver as OpsImageResolver, ResolvedImage as OpsResolvedImage } from '../ops/env.ts';
 
 export interface BuildImageResolverOptions {
   /** `local`: never pull; `pull`: always ask the registry; default: local first. */

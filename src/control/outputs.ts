@@ -10,11 +10,11 @@
  * both names an image and writes the directory).
  */
 import type { Writable } from 'node:stream';
-import type { ImageConfig } from '../../core/images/types.ts';
-import type { Core } from '../../core/metadata/index.ts';
-import type { RemoteOptions } from '../../core/remotes/index.ts';
-import { type ExportResult, exportResult, type OutputSpec, parseOutputSpec } from '../../exporter/index.ts';
-import { now, type ProgressEvent } from '../../solver/progress.ts';
+import type { ImageConfig } from '../core/images/types.ts';
+import type { Core } from '../core/metadata/index.ts';
+import type { RemoteOptions } from '../core/remotes/index.ts';
+import { type ExportResult, exportResult, type OutputSpec, parseOutputSpec } from '../exporter/index.ts';
+import { now, type ProgressEvent } from '../solver/progress.ts';
 
 /** What the build reports about its outputs (summary lines, iidfile, metadata file). */
 export interface ExportRecord {

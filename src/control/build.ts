@@ -1,0 +1,337 @@
+/**
+ * One Dockerfile build on an open core, shared by the embedded `kiln build`
+ * and by kilnd's Build call (./server.ts): context → frontend → solve on an
+ * in-process worker → outputs, with progress as events.
+ *
+ * `BuildParams` holds what the caller resolved already: build-arg values
+ * taken from the caller's environment, secret values, the ssh agent sockets,
+ * paths (absolute for kilnd, whose working directory is not the client's).
+ * A failure never throws: it comes back as `summary.error` (with the failing
+ * step and its Dockerfile lines when there is one), the way printers show it.
+ */
+import path from 'node:path';
+import type { Readable, Writable } from 'node:stream';
+import { errInvalidArgument, isKilnError } from '../core/errors.ts';
+import { writeOutputFile } from '../core/fs/safe.ts';
+import { parsePlatform } from '../core/images/platform.ts';
+import { parseReference } from '../core/images/reference.ts';
+import type { Core } from '../core/metadata/index.ts';
+import {
+  Authorizer,
+  defaultCertsDirs,
+  dockerConfigCredentials,
+  type RemoteOptions,
+} from '../core/remotes/index.ts';
+import { DockerfileSyntaxError, convertDockerfile } from '../frontend/dockerfile/index.ts';
+import type { Definition } from '../gen/kiln/llb/v1/llb_pb.ts';
+import { SCRATCH, snapshotOf } from '../ops/refs.ts';
+import { now, type ProgressEvent } from '../solver/progress.ts';
+import { SolveError } from '../solver/solver.ts';
+import type { Result, Vertex } from '../solver/types.ts';
+import { Worker } from '../worker/worker.ts';
+import type { BuildSummary, ErrorReport } from './report.ts';
+import { type BuildContext, prepareContext } from './context.ts';
+import { markNoCache, nameContextSource, sourceExcerpt, withNetwork } from './definition.ts';
+import { BuildImageResolver } from './images.ts';
+import { type ExportRecord, parseOutputs, runOutputs } from './outputs.ts';
+
+/** A build request, resolved by the caller (see the module comment). */
+export interface BuildParams {
+  /** A directory, a git URL, or `-` (a tar or a Dockerfile on `io.stdin`). */
+  context: string;
+  /** The Dockerfile (default: <context>/Dockerfile; `-`: from `io.stdin`). */
+  file?: string;
+  tags: string[];
+  buildArgs: Record<string, string>;
+  labels: Record<string, string>;
+  target?: string;
+  platform?: string;
+  secrets: Record<string, Uint8Array>;
+  ssh?: Record<string, string>;
+  noCache: boolean;
+  /** Stages whose steps run without the cache (`--no-cache-filter`). */
+  noCacheFilter: string[];
+  network?: string;
+  /** `-o` specs as written. */
+  outputs: string[];
+  pull: boolean;
+  insecureRegistries: string[];
+  /** Empty: `<root>/certs.d`, then /etc/docker/certs.d. */
+  certsDirs: string[];
+  iidfile?: string;
+  metadataFile?: string;
+  /** The caller's SOURCE_DATE_EPOCH; a build arg of that name wins. */
+  sourceDateEpoch?: string;
+  /** Relative paths (context, Dockerfile, output destinations, files written) resolve against it; default: this process's. */
+  cwd?: string;
+}
+
+export interface BuildIO {
+  /** The state root (for the default certificate directories). */
+  root: string;
+  emit(ev: ProgressEvent): void;
+  /** Where outputs with `dest=-` go; without it such an output is refused. */
+  stdout?: Writable;
+  /** Where a `-` context or Dockerfile is read from. */
+  stdin?: Readable;
+  signal: AbortSignal;
+}
+
+export interface BuildOutcome {
+  summary: BuildSummary;
+  /** The exported image's ID (config digest), when an output made an image. */
+  imageId?: string;
+  canceled: boolean;
+  /** The failure's stack, for KILN_DEBUG. */
+  stack?: string;
+}
+
+function epochOf(params: BuildParams): number | undefined {
+  const raw = params.buildArgs.SOURCE_DATE_EPOCH ?? params.sourceDateEpoch;
+  if (raw === undefined || raw === '') return undefined;
+  if (!/^\d+$/.test(raw))
+    throw errInvalidArgument(`invalid SOURCE_DATE_EPOCH "${raw}": want seconds since 1970`);
+  return Number(raw);
+}
+
+function fullName(ref: string): string {
+  try {
+    return parseReference(ref).full;
+  } catch {
+    return ref;
+  }
+}
+
+/** Writes `data` to `file` atomically (temp + fsync + rename). */
+async function writeAtomic(file: string, data: string): Promise<void> {
+  // Temp file and rename, except onto a device or FIFO (e.g. /dev/null), which is written in place.
+  await writeOutputFile(file, (fh) => fh.writeFile(data));
+}
+
+/** Turns any failure into the report the printers show. */
+function errorReport(err: unknown, def: Definition | undefined, dockerfile: string | undefined): ErrorReport {
+  const message = err instanceof Error ? err.message : String(err);
+  if (err instanceof SolveError) {
+    const source = def ? sourceExcerpt(def, err.vertex.digest) : undefined;
+    return { message, vertex: err.vertex, ...(source ? { source } : {}) };
+  }
+  if (err instanceof DockerfileSyntaxError && err.line > 0 && dockerfile !== undefined) {
+    return {
+      message,
+      source: { filename: err.file, start: err.line, end: err.line, lines: dockerfile.split('\n') },
+    };
+  }
+  // Errors from the frontend's image resolution carry `Dockerfile:N:` in front.
+  const m = /^(\S+?):(\d+): /.exec(message);
+  if (m && dockerfile !== undefined) {
+    const line = Number(m[2]);
+    return { message, source: { filename: m[1]!, start: line, end: line, lines: dockerfile.split('\n') } };
+  }
+  return { message };
+}
+
+/**
+ * The solver stops at the first cache hit on the way down, so the ancestors
+ * of a cached vertex send no event; like BuildKit, show them as CACHED too
+ * (inputs first).
+ */
+function reportSkipped(
+  worker: Worker,
+  def: Definition,
+  seen: Set<string>,
+  emit: (ev: ProgressEvent) => void,
+): void {
+  const edge = worker.loadDefinition(def);
+  if (!edge) return;
+  const done = new Set<string>();
+  const order: Vertex[] = [];
+  const visit = (v: Vertex): void => {
+    if (done.has(v.digest)) return;
+    done.add(v.digest);
+    for (const i of v.inputs) visit(i.vertex);
+    order.push(v);
+  };
+  visit(edge.vertex);
+  const t = now();
+  for (const v of order) {
+    if (!seen.has(v.digest))
+      emit({ type: 'vertex', digest: v.digest, name: v.name, cached: true, started: t, completed: t });
+  }
+}
+
+/** Runs one build (see the module comment); never throws. */
+export async function executeBuild(core: Core, params: BuildParams, io: BuildIO): Promise<BuildOutcome> {
+  const summary: BuildSummary = { results: [], warnings: [] };
+  const seen = new Set<string>();
+  const emit = (ev: ProgressEvent): void => {
+    seen.add(ev.type === 'vertex' ? ev.digest : ev.vertex);
+    io.emit(ev);
+  };
+  let internal = 0;
+  /** A step outside the solve, shown in the progress like a solver vertex. */
+  const step = async <T>(name: string, fn: (vertex: string) => Promise<T>): Promise<T> => {
+    const digest = `kiln-internal:${++internal}`;
+    const started = now();
+    emit({ type: 'vertex', digest, name, started });
+    try {
+      const r = await fn(digest);
+      emit({ type: 'vertex', digest, name, started, completed: now() });
+      return r;
+    } catch (err) {
+      emit({ type: 'vertex', digest, name, started, completed: now(), error: (err as Error).message });
+      throw err;
+    }
+  };
+
+  let bctx: BuildContext | undefined;
+  let def: Definition | undefined;
+  let worker: Worker | undefined;
+  let result: Result | undefined;
+  let imageId: string | undefined;
+  try {
+    const epoch = epochOf(params);
+    if (params.network !== undefined && !['default', 'host', 'none'].includes(params.network)) {
+      throw errInvalidArgument(`invalid --network "${params.network}": want default, host or none`);
+    }
+    const platform = params.platform ? parsePlatform(params.platform) : undefined;
+    const cwd = params.cwd ?? process.cwd();
+    const outputs = parseOutputs(params.outputs, params.tags);
+    if (params.cwd) {
+      for (const o of outputs) if (o.dest !== undefined && o.dest !== '-') o.dest = path.resolve(cwd, o.dest);
+    }
+    if (!io.stdout) {
+      const toStdout = outputs.find((o) => o.dest === '-');
+      if (toStdout) {
+        throw errInvalidArgument(
+          `-o type=${toStdout.type},dest=-: this build has no standard output to write to (through kilnd, give dest=FILE)`,
+        );
+      }
+    }
+    const remote: RemoteOptions = {
+      insecure: params.insecureRegistries,
+      certsDirs:
+        params.certsDirs.length > 0
+          ? params.certsDirs.map((d) => path.resolve(cwd, d))
+          : defaultCertsDirs(io.root),
+      authorizer: new Authorizer({ credentials: dockerConfigCredentials() }),
+    };
+    const resolver = new BuildImageResolver(core, {
+      mode: params.pull ? 'pull' : 'default',
+      pull: { remote },
+    });
+
+    bctx = await step(
+      `[internal] load build definition from ${params.file && params.file !== '-' ? path.basename(params.file) : 'Dockerfile'}`,
+      () =>
+        prepareContext(params.context, {
+          cwd,
+          ...(params.file ? { file: params.file } : {}),
+          ...(io.stdin ? { stdin: io.stdin } : {}),
+        }),
+    );
+    const context = bctx;
+    const frontendResolver = resolver.frontend();
+    const converted = await convertDockerfile(context.dockerfile, {
+      filename: context.dockerfileName,
+      buildArgs: params.buildArgs,
+      labels: params.labels,
+      contextName: 'context',
+      dockerignore: context.dockerignore,
+      ...(params.target ? { target: params.target } : {}),
+      ...(platform ? { platform } : {}),
+      ...(epoch !== undefined ? { created: new Date(epoch * 1000) } : {}),
+      imageResolver: (ref, p) =>
+        step(`[internal] load metadata for ${fullName(ref)}`, (vertex) =>
+          frontendResolver(ref, p, (pp) => {
+            if (pp.status !== 'done' && pp.status !== 'exists' && pp.status !== 'unpacked') return;
+            const t = now();
+            emit({
+              type: 'status',
+              vertex,
+              id: `${pp.kind} ${pp.digest} ${pp.status}`,
+              current: pp.offset,
+              total: pp.total,
+              completed: t,
+              timestamp: t,
+            });
+          }),
+        ),
+    });
+    for (const w of converted.warnings)
+      summary.warnings.push(`${context.dockerfileName}:${w.line}: ${w.message}`);
+    def = converted.definition;
+    nameContextSource(def, 'context');
+    if (params.network === 'host' || params.network === 'none') def = withNetwork(def, params.network);
+    if (params.noCache) markNoCache(def);
+    else if (params.noCacheFilter.length > 0) {
+      const wanted = params.noCacheFilter.flatMap((s) => s.split(',')).filter(Boolean);
+      const known = new Set(converted.stages.map((s) => s.name.toLowerCase()));
+      for (const s of wanted) {
+        if (!known.has(s.toLowerCase()))
+          throw errInvalidArgument(`--no-cache-filter: no stage named "${s}" in ${context.dockerfileName}`);
+      }
+      markNoCache(def, wanted);
+    }
+
+    worker = new Worker({
+      core,
+      images: resolver,
+      sessions: {
+        locals: { context: context.dir },
+        secrets: params.secrets,
+        ...(params.ssh ? { sshAgents: params.ssh } : {}),
+      },
+    });
+    result = await worker.solveDefinition(def, { signal: io.signal, progress: { write: emit } });
+    reportSkipped(worker, def, seen, emit);
+
+    if (outputs.length > 0) {
+      const records: ExportRecord[] = await runOutputs(core, outputs, {
+        snapshot: result === SCRATCH ? undefined : snapshotOf(result),
+        imageConfig: converted.imageConfig,
+        ...(epoch !== undefined ? { sourceDateEpoch: epoch } : {}),
+        remote,
+        ...(io.stdout ? { stdout: io.stdout } : {}),
+        step,
+        emit,
+        signal: io.signal,
+      });
+      const image =
+        records.find((r) => r.type === 'image' || r.type === 'registry') ??
+        records.find((r) => r.manifestDigest);
+      for (const r of records) summary.results.push(...r.lines);
+      imageId = image?.configDigest;
+      if (image && params.iidfile)
+        await writeAtomic(path.resolve(cwd, params.iidfile), image.configDigest ?? '');
+      if (params.metadataFile) {
+        const meta: Record<string, unknown> = {};
+        if (image) {
+          meta['containerimage.digest'] = image.manifestDigest;
+          meta['containerimage.config.digest'] = image.configDigest;
+          if (image.descriptor) meta['containerimage.descriptor'] = image.descriptor;
+          const names = [...new Set(image.names)];
+          if (names.length > 0) meta['image.name'] = names.join(',');
+        }
+        await writeAtomic(path.resolve(cwd, params.metadataFile), `${JSON.stringify(meta, null, 2)}\n`);
+      }
+    } else {
+      summary.warnings.push(
+        'No output specified: the build result will only remain in the build cache. Use -t NAME to make an image, or -o to export it.',
+      );
+      if (params.iidfile) summary.warnings.push('--iidfile: no image output, nothing written');
+      if (params.metadataFile) await writeAtomic(path.resolve(cwd, params.metadataFile), '{}\n');
+    }
+    return { summary, ...(imageId ? { imageId } : {}), canceled: false };
+  } catch (err) {
+    summary.error = errorReport(err, def, bctx?.dockerfile);
+    return {
+      summary,
+      canceled: io.signal.aborted || isKilnError(err, 'Canceled'),
+      ...(err instanceof Error && err.stack ? { stack: err.stack } : {}),
+    };
+  } finally {
+    await result?.release().catch(() => undefined);
+    worker?.close();
+    await bctx?.cleanup();
+  }
+}
