@@ -1,5 +1,5 @@
 /**
- * Build suite (issue 7): Kiln against docker's BuildKit (DOCKER_BUILDKIT=1,
+ * Build suite (issue 7): Kiln (in-process, and through kilnd) against docker's BuildKit (DOCKER_BUILDKIT=1,
  * Debian's docker.io 20.10 = BuildKit v0.8), docker's legacy builder
  * (DOCKER_BUILDKIT=0) and buildah (Debian, 1.28, `--layers`, runc), on the
  * five workloads of bench/build-suite/workloads.ts, same Dockerfile, same
@@ -10,7 +10,8 @@
  *    are dropped first (BuildKit: `docker builder prune -af` + rmi; legacy:
  *    rmi + `docker image prune -f`; buildah: `rm -a`, rmi, `rmi --prune`,
  *    its cache-mount directory; Kiln: a fresh --root with the bases imported
- *    and its OCI runtime selected, outside the timing); the builder's peak memory is taken during it
+ *    and its OCI runtime selected; kilnd: the same, then kilnd started on it;
+ *    all outside the timing, followed by `sync`); the builder's peak memory is taken during it
  *    (Kiln and buildah: VmHWM of their process, polled; BuildKit and legacy:
  *    dockerd's VmHWM after `echo 5 > /proc/PID/clear_refs`);
  * 2. repeated build with no change;
@@ -39,7 +40,7 @@
  * KILN_BENCH_ONLY, KILN_BENCH_NO_DIFF=1, KILN_BENCH_NO_PROFILE=1). Writes bench/results/build-suite.json and .md
  * (a run with --only or fewer than 3 runs writes /tmp/kiln-bench-build-suite.partial.*).
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
@@ -56,11 +57,13 @@ import {
   KILN,
   removeKilnRoot,
 } from '../test/differential/harness.ts';
+import { KilnClient } from '../src/client/index.ts';
 import { makePackages, WORKLOADS, type Workload } from './build-suite/workloads.ts';
 import { ensureCliBundle } from './lib/cli-bundle.ts';
 import { type ProfileSummary, summarizeProfiles } from './lib/cpuprofile.ts';
 
 const repo = fileURLToPath(new URL('..', import.meta.url));
+const KILND = join(repo, 'bin/kilnd');
 const BASES = 'bases-v1';
 const CACHE = join('/var/cache/kiln-bench', BASES);
 const ENV_PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -70,7 +73,7 @@ const BASE_IMAGES = {
 } as const;
 type BaseId = keyof typeof BASE_IMAGES;
 
-const BUILDERS = ['kiln', 'buildkit', 'legacy', 'buildah'] as const;
+const BUILDERS = ['kiln', 'kilnd', 'buildkit', 'legacy', 'buildah'] as const;
 type BuilderId = (typeof BUILDERS)[number];
 const SCENARIOS = ['full', 'noChange', 'oneLine'] as const;
 type Scenario = (typeof SCENARIOS)[number];
@@ -299,7 +302,44 @@ interface Ctx {
   pkgBase: string;
   dockerdPid: number;
   kilnRoot: Map<string, string>;
+  /** The running kilnd (builder `kilnd`), on its own root. */
+  kilnd?: { root: string; address: string; proc: ChildProcess };
   runcPath: string;
+}
+
+/** Stops the suite's kilnd, if one runs, and removes its root. */
+async function stopKilnd(ctx: Ctx): Promise<void> {
+  const d = ctx.kilnd;
+  if (!d) return;
+  ctx.kilnd = undefined;
+  if (d.proc.exitCode === null) {
+    const closed = new Promise((r) => d.proc.once('close', r));
+    d.proc.kill('SIGTERM');
+    await closed;
+  }
+  await removeKilnRoot(d.root);
+}
+
+/** Starts kilnd on a fresh root with the bases imported; returns when it answers. */
+async function startKilnd(ctx: Ctx, w: Workload, run: number): Promise<void> {
+  const root = join(ctx.work, `kilnd-root-${w.id}-${run}`);
+  await freshKilnRoot(root, ctx.archives, w.bases);
+  const address = `unix://${join(root, 'kilnd.sock')}`;
+  const proc = spawn(KILND, ['--root', root, '--addr', address, '--log-level', 'warn'], { stdio: 'ignore' });
+  ctx.kilnd = { root, address, proc };
+  for (let i = 0; ; i++) {
+    const client = new KilnClient(address);
+    try {
+      await client.info();
+      return;
+    } catch (err) {
+      if (proc.exitCode !== null || i > 600)
+        throw new Error(`kilnd on ${root} did not start`, { cause: err });
+      await new Promise((res) => setTimeout(res, 50));
+    } finally {
+      client.close();
+    }
+  }
 }
 
 function tagOf(w: Workload, b: BuilderId): string {
@@ -308,6 +348,11 @@ function tagOf(w: Workload, b: BuilderId): string {
 
 function buildArgs(w: Workload, ctx: Ctx): string[] {
   return w.packages ? ['--build-arg', `PKG_BASE=${ctx.pkgBase}`] : [];
+}
+
+/** Kiln through bin/kiln in-process, or through kilnd (`kiln --host`). */
+function isKiln(b: BuilderId): boolean {
+  return b === 'kiln' || b === 'kilnd';
 }
 
 function supports(b: BuilderId, w: Workload): boolean {
@@ -341,6 +386,10 @@ async function reset(b: BuilderId, w: Workload, ctx: Ctx, run: number): Promise<
       ctx.kilnRoot.set(w.id, root);
       return;
     }
+    case 'kilnd':
+      await stopKilnd(ctx);
+      await startKilnd(ctx, w, run);
+      return;
   }
 }
 
@@ -359,6 +408,24 @@ function buildArgv(
           KILN,
           '--root',
           ctx.kilnRoot.get(w.id)!,
+          'build',
+          '--network',
+          'host',
+          '--progress',
+          'rawjson',
+          ...args,
+          '-t',
+          tag,
+          dir,
+        ],
+        env: {},
+      };
+    case 'kilnd':
+      return {
+        argv: [
+          KILN,
+          '--host',
+          ctx.kilnd!.address,
           'build',
           '--network',
           'host',
@@ -403,7 +470,7 @@ function buildArgv(
 
 /** True when the build log shows a cache hit (must not happen in a full build from empty state). */
 function sawCacheHit(b: BuilderId, out: string): boolean {
-  if (b === 'kiln')
+  if (isKiln(b))
     return vertices(out, Number.MAX_SAFE_INTEGER).some((v) => v.cached && /\] (RUN|COPY|ADD) /.test(v.name));
   if (b === 'buildkit') return /#\d+ CACHED/.test(out);
   return /Using cache/.test(out);
@@ -456,18 +523,20 @@ interface Sample {
 async function build(b: BuilderId, w: Workload, ctx: Ctx, dir: string, scenario: Scenario): Promise<Sample> {
   const { argv, env } = buildArgv(b, w, ctx, dir);
   const docker = b === 'buildkit' || b === 'legacy';
-  if (scenario === 'full' && docker) await writeFile(`/proc/${ctx.dockerdPid}/clear_refs`, '5');
-  const r = await exec(argv, { env, pollHwm: scenario === 'full' && !docker });
+  // A daemon's peak: its VmHWM, reset before the build (dockerd for BuildKit and legacy, kilnd).
+  const daemonPid = docker ? ctx.dockerdPid : b === 'kilnd' ? ctx.kilnd!.proc.pid! : undefined;
+  if (scenario === 'full' && daemonPid !== undefined) await writeFile(`/proc/${daemonPid}/clear_refs`, '5');
+  const r = await exec(argv, { env, pollHwm: scenario === 'full' && daemonPid === undefined });
   if (r.code !== 0)
     throw new Error(
       `${b} build of ${w.id} (${scenario}) failed (exit ${r.code}): ${argv.join(' ')}\n${r.out.slice(-3000)}`,
     );
   const s: Sample = { ms: r.ms };
   if (scenario === 'full') {
-    s.peakKiB = docker ? await readHwm(ctx.dockerdPid) : r.hwmKiB;
+    s.peakKiB = daemonPid !== undefined ? await readHwm(daemonPid) : r.hwmKiB;
     if (sawCacheHit(b, r.out)) s.cacheHitInFullBuild = true;
   }
-  if (b === 'kiln') s.vertices = vertices(r.out);
+  if (isKiln(b)) s.vertices = vertices(r.out);
   return s;
 }
 
@@ -536,6 +605,11 @@ async function runWorkload(w: Workload, ctx: Ctx): Promise<WorkloadResult> {
     await w.change(dir, 0);
     const order = builders.map((_, i) => builders[(i + run) % builders.length]!);
     for (const b of order) await reset(b, w, ctx, run);
+    // Flush what the resets wrote before anything is timed. Kiln's reset imports the bases into a
+    // fresh root (~350 MB of dirty page cache for debian-gcc); left dirty, the first overlay
+    // unmount of the timed build flushed it (syncfs of the upper file system): 0.2-0.3 s inside
+    // a WORKDIR or COPY step. The peers' bases were loaded once, at the start of the suite.
+    await must(['sync']);
     // Deletions of many files since the last settle: the resets, and the legacy builder's and
     // buildah's builds, which remove their copy of the context afterwards.
     let deleted = true;
@@ -644,8 +718,11 @@ function markdown(result: Record<string, unknown>, workloads: Record<string, Wor
         id.startsWith('4-') && sc === 'oneLine' ? 'rebuild after code change, cache mount' : names[sc];
       const k = val(s.kiln, (c) => c.medianS);
       rows.push(
-        `| ${id} | ${label} | ${f(s.kiln)} | ${f(s.buildkit)} | ${f(s.legacy)} | ${f(s.buildah)} | ${ratio(
+        `| ${id} | ${label} | ${f(s.kiln)} | ${f(s.kilnd)} | ${f(s.buildkit)} | ${f(s.legacy)} | ${f(s.buildah)} | ${ratio(
           k,
+          val(s.buildkit, (c) => c.medianS),
+        )} | ${ratio(
+          val(s.kilnd, (c) => c.medianS),
           val(s.buildkit, (c) => c.medianS),
         )} | ${ratio(
           k,
@@ -667,11 +744,14 @@ function markdown(result: Record<string, unknown>, workloads: Record<string, Wor
             .join('; ')} |`,
         );
     }
-    rows.push(`| ${id} | cache imported from a registry | n/a (no remote cache yet) | | | | | | |`);
+    rows.push(`| ${id} | cache imported from a registry | n/a (no remote cache yet) | | | | | | | | |`);
     const full = wr.scenarios.full;
     memRows.push(
-      `| ${id} | ${mem(full.kiln)} | ${mem(full.buildkit)} | ${mem(full.legacy)} | ${mem(full.buildah)} | ${ratio(
+      `| ${id} | ${mem(full.kiln)} | ${mem(full.kilnd)} | ${mem(full.buildkit)} | ${mem(full.legacy)} | ${mem(full.buildah)} | ${ratio(
         val(full.kiln, (c) => c.peakMiB),
+        val(full.buildkit, (c) => c.peakMiB),
+      )} | ${ratio(
+        val(full.kilnd, (c) => c.peakMiB),
         val(full.buildkit, (c) => c.peakMiB),
       )} |`,
     );
@@ -703,22 +783,22 @@ function markdown(result: Record<string, unknown>, workloads: Record<string, Wor
 ${result.inProgress ? `**Incomplete: written after ${Object.keys(workloads).length} workload(s) while the suite was still running.**\n\n` : ''}${result.date}: ${result.runs} runs per workload, scenario and builder, builders alternating (order rotated each run); medians of wall time in seconds.
 Machine: ${m.cpu}, ${m.cores} cores, ${m.memGiB} GiB, Linux ${m.kernel}.
 1/5/15-minute load average at start: ${m.loadavg.start.map((x) => x.toFixed(2)).join(' / ')}; at end: ${m.loadavg.end.map((x) => x.toFixed(2)).join(' / ')} (2-core VM shared with other work: figures are noisy).
-Peers: docker ${v.docker} (BuildKit = \`DOCKER_BUILDKIT=1\`, legacy = \`DOCKER_BUILDKIT=0\`); ${v.buildah} (\`bud --layers --runtime runc\`); Kiln ${v.kiln} (\`bin/kiln build\`, CLI start-up included), ${v.node}.
+Peers: docker ${v.docker} (BuildKit = \`DOCKER_BUILDKIT=1\`, legacy = \`DOCKER_BUILDKIT=0\`); ${v.buildah} (\`bud --layers --runtime runc\`); Kiln ${v.kiln} (\`bin/kiln build\`, CLI start-up included; "kilnd": \`bin/kiln --host\` to a running kilnd on its own root, client start-up included), ${v.node}.
 All builders: same Dockerfile, same base image bytes (locally made, \`${BASES}\`), \`--network host\`, a tagged image in their own store.
 
-Empty state: BuildKit \`docker builder prune -af\` + rmi; legacy rmi + \`docker image prune -f\`; buildah \`rm -a\`, rmi, \`rmi --prune\`, cache-mount dir removed; Kiln a fresh \`--root\` with the bases imported and its OCI runtime selected (untimed). Workload 5 waits 61 s after the resets and after each legacy and buildah build, which delete their copy of the context (ext4 without a journal allocates inodes slowly for a while after mass deletions).
+Empty state: BuildKit \`docker builder prune -af\` + rmi; legacy rmi + \`docker image prune -f\`; buildah \`rm -a\`, rmi, \`rmi --prune\`, cache-mount dir removed; Kiln a fresh \`--root\` with the bases imported and its OCI runtime selected (untimed); kilnd the same, then kilnd restarted on it (untimed, as dockerd is up before BuildKit's builds); then \`sync\`, so that no builder's timed build flushes what the resets wrote. Workload 5 waits 61 s after the resets and after each legacy and buildah build, which delete their copy of the context (ext4 without a journal allocates inodes slowly for a while after mass deletions).
 Workload 4's one-line change is the rebuild after a code change with a cache mount (objects in \`RUN --mount=type=cache\`); the legacy builder cannot build it (no \`--mount\`).
 
-| workload | scenario | Kiln s | BuildKit s | legacy s | buildah s | Kiln/BuildKit | Kiln/legacy | Kiln/buildah |
-|------|------|-----:|-----:|-----:|-----:|-----:|-----:|-----:|
+| workload | scenario | Kiln s | kilnd s | BuildKit s | legacy s | buildah s | Kiln/BuildKit | kilnd/BuildKit | Kiln/legacy | Kiln/buildah |
+|------|------|-----:|-----:|-----:|-----:|-----:|-----:|-----:|-----:|-----:|
 ${rows.join('\n')}
 
 Targets (issue 7): full build ≤ 1.0x BuildKit; no change and one-line change ≤ 0.5x BuildKit; peak memory below BuildKit's daemon.
 
-Peak resident memory during the full build, MiB (Kiln and buildah: VmHWM of their own process, polled every 50 ms; BuildKit and legacy: dockerd's VmHWM after \`clear_refs\`, i.e. the whole daemon; RUN processes are not counted for anyone):
+Peak resident memory during the full build, MiB (Kiln and buildah: VmHWM of their own process, polled every 50 ms; BuildKit and legacy: dockerd's VmHWM after \`clear_refs\`, i.e. the whole daemon; kilnd: its VmHWM the same way; RUN processes are not counted for anyone):
 
-| workload | Kiln | BuildKit (dockerd) | legacy (dockerd) | buildah | Kiln/BuildKit |
-|------|-----:|-----:|-----:|-----:|-----:|
+| workload | Kiln | kilnd | BuildKit (dockerd) | legacy (dockerd) | buildah | Kiln/BuildKit | kilnd/BuildKit |
+|------|-----:|-----:|-----:|-----:|-----:|-----:|-----:|
 ${memRows.join('\n')}
 
 Kiln's slowest vertices (median run; seconds):
@@ -850,6 +930,7 @@ async function main(): Promise<void> {
     pkg.server.closeAllConnections();
     pkg.server.close();
     for (const root of ctx.kilnRoot.values()) await removeKilnRoot(root).catch(() => undefined);
+    await stopKilnd(ctx).catch(() => undefined);
     for (const w of workloads)
       for (const b of ['buildkit', 'legacy'] as const) await exec([DOCKER, 'image', 'rm', '-f', tagOf(w, b)]);
     for (const w of workloads) await exec(['buildah', 'rmi', '-f', tagOf(w, 'buildah')]);
