@@ -403,11 +403,13 @@ function buildArgv(
   const args = buildArgs(w, ctx);
   switch (b) {
     case 'kiln':
+    case 'kilnd': {
+      // The same command line, in-process on the workload's root or sent to the suite's kilnd.
+      const where = b === 'kiln' ? ['--root', ctx.kilnRoot.get(w.id)!] : ['--host', ctx.kilnd!.address];
       return {
         argv: [
           KILN,
-          '--root',
-          ctx.kilnRoot.get(w.id)!,
+          ...where,
           'build',
           '--network',
           'host',
@@ -420,24 +422,7 @@ function buildArgv(
         ],
         env: {},
       };
-    case 'kilnd':
-      return {
-        argv: [
-          KILN,
-          '--host',
-          ctx.kilnd!.address,
-          'build',
-          '--network',
-          'host',
-          '--progress',
-          'rawjson',
-          ...args,
-          '-t',
-          tag,
-          dir,
-        ],
-        env: {},
-      };
+    }
     case 'buildkit':
       return {
         argv: [DOCKER, 'build', '--progress=plain', '--network', 'host', ...args, '-t', tag, dir],
