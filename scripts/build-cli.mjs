@@ -1,6 +1,7 @@
 // Bundles the kiln CLI (src/cli/main.ts and everything it imports, npm
 // dependencies included) into build/cli/js/ with esbuild, one chunk per
-// command module (main.ts loads commands with dynamic import()).
+// command module (main.ts loads commands with dynamic import()), and kilnd
+// (src/daemon/main.ts) beside it, sharing chunks (bin/kilnd).
 //
 // Why: Node strips types and resolves ~200 modules on every start of the
 // source tree; the bundle starts in about half the time (see
@@ -58,7 +59,9 @@ rmSync(tmp, { recursive: true, force: true });
 mkdirSync(dirname(out), { recursive: true });
 try {
   await esbuild.build({
-    entryPoints: [join(root, 'src/cli/main.ts')],
+    // kilnd (src/daemon/main.ts) too: a daemon run from the sources keeps Node's type stripper
+    // (a WebAssembly module) resident, ~45 MB.
+    entryPoints: { main: join(root, 'src/cli/main.ts'), kilnd: join(root, 'src/daemon/main.ts') },
     bundle: true,
     splitting: true,
     format: 'esm',

@@ -76,7 +76,9 @@ export function createContextFor(globals: () => Globals): CliContext {
     globals,
     async log() {
       if (!logger) {
-        const { pino } = await import('pino');
+        const mod = await import('pino');
+        // Bundled as ESM (build/cli/js), the CommonJS module comes back as a default export only.
+        const pino = mod.pino ?? mod.default;
         logger = pino({ level: globals().logLevel, base: undefined }, pino.destination(2));
       }
       return logger;

@@ -27,6 +27,10 @@
  *   Dockerfile lines it came from, and exits with 1; SIGINT/SIGTERM cancel
  *   the solve (running processes are killed, mounts released) and exit 130/143.
  *
+ * With --host / KILN_HOST the build runs on that kilnd (src/control/server.ts),
+ * which opens the paths given here itself; a context or Dockerfile on stdin
+ * and outputs to stdout are refused there.
+ *
  * Limits: `--platform` selects base images and the platform args, but a
  * foreign platform's RUN needs binfmt emulation on the host; one ssh agent
  * socket per `--ssh` id (no key files).
@@ -289,7 +293,8 @@ Examples:
   kiln build --progress=plain -f Dockerfile.dev --target test .
   kiln build -o type=oci,dest=app.tar -o type=local,dest=out .
   tar -C app -c . | kiln build -t app -
-  kiln build -t app 'https://example.com/app.git#main:subdir'`,
+  kiln build -t app 'https://example.com/app.git#main:subdir'
+  kiln --host unix:///run/kiln/kilnd.sock build -t app .    (on a running kilnd)`,
     )
     .action(async (contextArg: string, opts: BuildOptions) => {
       const code = await runBuild(ctx, contextArg, opts);
