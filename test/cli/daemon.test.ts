@@ -84,7 +84,7 @@ async function startDaemon(): Promise<ChildProcess> {
         await client.info();
         return child;
       } catch (err) {
-        if (child.exitCode !== null || i > 300)
+        if (child.exitCode !== null || i > 600)
           throw new Error(`kilnd did not start: ${daemonLog}`, { cause: err });
         await sleep(50);
       }
@@ -245,7 +245,7 @@ describe('kilnd', () => {
     assert.equal(r.code, 130, r.stderr);
     assert.ok(Date.now() - t0 < 30_000);
     // The daemon finishes the canceled build's cleanup right after.
-    for (let i = 0; i < 100 && !/"canceled":true/.test(daemonLog); i++) await sleep(50);
+    for (let i = 0; i < 200 && !/"canceled":true/.test(daemonLog); i++) await sleep(50);
     assert.match(daemonLog, /"canceled":true/);
     assert.deepEqual(processesWith('sleep 731'), []);
     assert.deepEqual(mountsBelow(path.join(root, 'ops')), []);
