@@ -27,6 +27,7 @@ import {
   type InfoResponse,
 } from '../gen/kiln/control/v1/control_pb.ts';
 import { KilnError } from '../core/errors.ts';
+import type { ProgressEvent } from '../solver/progress.ts';
 import { type BuildOutcome, fromProtoEvent, fromProtoResult } from '../control/wire.ts';
 
 export type { BuildOutcome } from '../control/wire.ts';
@@ -71,7 +72,7 @@ function isConnectFailure(err: ConnectError): boolean {
 
 export interface BuildCallOptions {
   /** Called with every progress event, in order. */
-  onEvent?: (ev: import('../solver/progress.ts').ProgressEvent) => void;
+  onEvent?: (ev: ProgressEvent) => void;
   /** Aborting cancels the build on the daemon. */
   signal?: AbortSignal;
 }

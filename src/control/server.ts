@@ -25,9 +25,9 @@ import type { Logger } from 'pino';
 import { errFailedPrecondition, KilnError } from '../core/errors.ts';
 import { type Core, validateNamespace } from '../core/metadata/index.ts';
 import { type BuildRequest, type BuildResponse, Control } from '../gen/kiln/control/v1/control_pb.ts';
-import type { ProgressEvent } from '../solver/progress.ts';
+import { ProgressChannel } from '../solver/progress.ts';
 import { type BuildOutcome, type BuildParams, executeBuild } from './build.ts';
-import { toProtoEvent, toProtoResult } from './wire.ts';
+import { fromProtoRequest, toProtoEvent, toProtoResult } from './wire.ts';
 
 export const VERSION = '0.1.0';
 
@@ -58,37 +58,12 @@ export interface Server {
   close(): Promise<void>;
 }
 
-/** A request's parameters in the engine's form. */
+/** A request's parameters in the engine's form, with what kilnd requires of them checked. */
 export function buildParams(req: BuildRequest): BuildParams {
-  const opt = (s: string): string | undefined => (s === '' ? undefined : s);
-  const p: BuildParams = {
-    context: req.context,
-    tags: [...req.tags],
-    buildArgs: { ...req.buildArgs },
-    labels: { ...req.labels },
-    secrets: { ...req.secrets },
-    noCache: req.noCache,
-    noCacheFilter: [...req.noCacheFilter],
-    outputs: [...req.outputs],
-    pull: req.pull,
-    insecureRegistries: [...req.insecureRegistries],
-    certsDirs: [...req.certsDirs],
-  };
-  const set = <K extends keyof BuildParams>(k: K, v: BuildParams[K] | undefined): void => {
-    if (v !== undefined) p[k] = v;
-  };
-  set('file', opt(req.dockerfile));
-  set('target', opt(req.target));
-  set('platform', opt(req.platform));
-  set('network', opt(req.network));
-  set('iidfile', opt(req.iidfile));
-  set('metadataFile', opt(req.metadataFile));
-  set('sourceDateEpoch', opt(req.sourceDateEpoch));
-  if (Object.keys(req.ssh).length > 0) p.ssh = { ...req.ssh };
+  const p = fromProtoRequest(req);
   if (!path.isAbsolute(req.cwd)) {
     throw new KilnError('InvalidArgument', `build request: cwd "${req.cwd}" is not an absolute path`);
   }
-  p.cwd = req.cwd;
   if (p.context === '-' || p.file === '-') {
     throw new KilnError(
       'InvalidArgument',
@@ -96,31 +71,6 @@ export function buildParams(req: BuildRequest): BuildParams {
     );
   }
   return p;
-}
-
-/** Events pushed by a producer, pulled by an async generator. */
-class EventQueue<T> {
-  #items: T[] = [];
-  #wake: (() => void) | undefined;
-  push(item: T): void {
-    this.#items.push(item);
-    this.#wake?.();
-  }
-  async *drain(done: Promise<unknown>): AsyncGenerator<T> {
-    let finished = false;
-    void done.finally(() => {
-      finished = true;
-      this.#wake?.();
-    });
-    for (;;) {
-      while (this.#items.length > 0) yield this.#items.shift()!;
-      if (finished) return;
-      await new Promise<void>((resolve) => {
-        this.#wake = resolve;
-      });
-      this.#wake = undefined;
-    }
-  }
 }
 
 /** Starts serving; resolves once the socket accepts connections. */
@@ -141,12 +91,13 @@ export async function serve(opts: ServerOptions): Promise<Server> {
     const t0 = performance.now();
     log.info({ build: id, namespace: ns, context: params.context, tags: params.tags }, 'build started');
     const signal = AbortSignal.any([hctx.signal, shutdown.signal]);
-    const queue = new EventQueue<ProgressEvent>();
-    const run = executeBuild(core, params, { root: g.root, emit: (ev) => queue.push(ev), signal });
+    const events = new ProgressChannel();
+    const run = executeBuild(core, params, { root: g.root, emit: (ev) => events.write(ev), signal });
+    void run.finally(() => events.close());
     running.add(run);
     let outcome: BuildOutcome | undefined;
     try {
-      for await (const ev of queue.drain(run)) yield toProtoEvent(ev);
+      for await (const ev of events) yield toProtoEvent(ev);
       outcome = await run;
       yield toProtoResult(outcome);
     } finally {

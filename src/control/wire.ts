@@ -1,12 +1,14 @@
 /**
- * Progress events and build outcomes between their engine form
- * (src/solver/progress.ts, ./build.ts) and their wire form
+ * Build requests, progress events and build outcomes between their engine
+ * form (./build.ts, src/solver/progress.ts) and their wire form
  * (kiln.control.v1). Both directions live here so a round trip is tested in
  * one place; the module holds types and pure functions only.
  */
 import { create } from '@bufbuild/protobuf';
-import type { BuildOutcome } from './build.ts';
+import type { BuildOutcome, BuildParams } from './build.ts';
 import {
+  type BuildRequest,
+  BuildRequestSchema,
   type BuildResponse,
   BuildResponseSchema,
   type BuildResult,
@@ -14,6 +16,60 @@ import {
 import type { ProgressEvent } from '../solver/progress.ts';
 
 export type { BuildOutcome } from './build.ts';
+
+/** A build's parameters as a request; `namespace` and `cwd` are the client's. */
+export function toProtoRequest(p: BuildParams, client: { namespace: string; cwd: string }): BuildRequest {
+  return create(BuildRequestSchema, {
+    context: p.context,
+    dockerfile: p.file ?? '',
+    tags: p.tags,
+    buildArgs: p.buildArgs,
+    labels: p.labels,
+    target: p.target ?? '',
+    platform: p.platform ?? '',
+    secrets: p.secrets,
+    ssh: p.ssh ?? {},
+    noCache: p.noCache,
+    noCacheFilter: p.noCacheFilter,
+    network: p.network ?? '',
+    outputs: p.outputs,
+    pull: p.pull,
+    insecureRegistries: p.insecureRegistries,
+    certsDirs: p.certsDirs,
+    iidfile: p.iidfile ?? '',
+    metadataFile: p.metadataFile ?? '',
+    namespace: client.namespace,
+    sourceDateEpoch: p.sourceDateEpoch ?? '',
+    cwd: client.cwd,
+  });
+}
+
+/** A request's build parameters (empty strings and maps are absent options). */
+export function fromProtoRequest(req: BuildRequest): BuildParams {
+  const p: BuildParams = {
+    context: req.context,
+    tags: [...req.tags],
+    buildArgs: { ...req.buildArgs },
+    labels: { ...req.labels },
+    secrets: { ...req.secrets },
+    noCache: req.noCache,
+    noCacheFilter: [...req.noCacheFilter],
+    outputs: [...req.outputs],
+    pull: req.pull,
+    insecureRegistries: [...req.insecureRegistries],
+    certsDirs: [...req.certsDirs],
+  };
+  if (req.dockerfile) p.file = req.dockerfile;
+  if (req.target) p.target = req.target;
+  if (req.platform) p.platform = req.platform;
+  if (req.network) p.network = req.network;
+  if (req.iidfile) p.iidfile = req.iidfile;
+  if (req.metadataFile) p.metadataFile = req.metadataFile;
+  if (req.sourceDateEpoch) p.sourceDateEpoch = req.sourceDateEpoch;
+  if (Object.keys(req.ssh).length > 0) p.ssh = { ...req.ssh };
+  if (req.cwd) p.cwd = req.cwd;
+  return p;
+}
 
 /** An engine event as a stream message. */
 export function toProtoEvent(ev: ProgressEvent): BuildResponse {

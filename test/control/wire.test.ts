@@ -1,14 +1,21 @@
 /**
- * The wire form of progress events and build outcomes (src/control/wire.ts):
+ * The wire form of build requests, progress events and build outcomes (src/control/wire.ts):
  * every event kind and an outcome with and without an error survive a round
  * trip through protobuf bytes unchanged (optional fields stay absent).
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { fromBinary, toBinary } from '@bufbuild/protobuf';
-import type { BuildOutcome } from '../../src/control/build.ts';
-import { fromProtoEvent, fromProtoResult, toProtoEvent, toProtoResult } from '../../src/control/wire.ts';
-import { BuildResponseSchema } from '../../src/gen/kiln/control/v1/control_pb.ts';
+import type { BuildOutcome, BuildParams } from '../../src/control/build.ts';
+import {
+  fromProtoEvent,
+  fromProtoRequest,
+  fromProtoResult,
+  toProtoEvent,
+  toProtoRequest,
+  toProtoResult,
+} from '../../src/control/wire.ts';
+import { BuildRequestSchema, BuildResponseSchema } from '../../src/gen/kiln/control/v1/control_pb.ts';
 import type { ProgressEvent } from '../../src/solver/progress.ts';
 
 const wire = (ev: ReturnType<typeof toProtoEvent>) =>
@@ -61,5 +68,50 @@ test('build outcomes survive the wire', () => {
     const back = wire(toProtoResult(o)).event;
     assert.equal(back.case, 'result');
     assert.deepEqual(fromProtoResult(back.value), o);
+  }
+});
+
+test('build parameters survive the wire, absent options staying absent', () => {
+  const full: BuildParams = {
+    context: 'ctx',
+    file: 'Dockerfile.dev',
+    tags: ['a:1', 'b:2'],
+    buildArgs: { A: '1' },
+    labels: { l: 'v' },
+    target: 'test',
+    platform: 'linux/arm64',
+    secrets: { s: new Uint8Array([1, 2]) },
+    ssh: { default: '/run/agent.sock' },
+    noCache: true,
+    noCacheFilter: ['build'],
+    network: 'host',
+    outputs: ['type=local,dest=out'],
+    pull: true,
+    insecureRegistries: ['127.0.0.1:5000'],
+    certsDirs: ['certs'],
+    iidfile: 'iid',
+    metadataFile: 'meta.json',
+    sourceDateEpoch: '0',
+    cwd: '/src',
+  };
+  const minimal: BuildParams = {
+    context: '/ctx',
+    tags: [],
+    buildArgs: {},
+    labels: {},
+    secrets: {},
+    noCache: false,
+    noCacheFilter: [],
+    outputs: [],
+    pull: false,
+    insecureRegistries: [],
+    certsDirs: [],
+    cwd: '/',
+  };
+  for (const p of [full, minimal]) {
+    const req = toProtoRequest(p, { namespace: 'ns', cwd: p.cwd! });
+    const back = fromBinary(BuildRequestSchema, toBinary(BuildRequestSchema, req));
+    assert.equal(back.namespace, 'ns');
+    assert.deepEqual(fromProtoRequest(back), p);
   }
 });

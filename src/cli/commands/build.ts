@@ -148,35 +148,18 @@ async function remoteBuild(
   const { KilnClient } = await import('../../client/index.ts');
   const client = new KilnClient(host);
   try {
-    const ssh = params.ssh
-      ? Object.fromEntries(Object.entries(params.ssh).map(([k, v]) => [k, path.resolve(v)]))
-      : {};
-    return await client.build(
-      {
-        context: params.context,
-        dockerfile: params.file ?? '',
-        tags: params.tags,
-        buildArgs: params.buildArgs,
-        labels: params.labels,
-        target: params.target ?? '',
-        platform: params.platform ?? '',
-        secrets: params.secrets,
-        ssh,
-        noCache: params.noCache,
-        noCacheFilter: params.noCacheFilter,
-        network: params.network ?? '',
-        outputs: params.outputs,
-        pull: params.pull,
-        insecureRegistries: params.insecureRegistries,
-        certsDirs: params.certsDirs,
-        iidfile: params.iidfile ?? '',
-        metadataFile: params.metadataFile ?? '',
-        namespace,
-        sourceDateEpoch: params.sourceDateEpoch ?? '',
-        cwd: process.cwd(),
-      },
-      { onEvent: emit, signal },
-    );
+    // Agent sockets are opened by kilnd: absolute paths.
+    const sent = params.ssh
+      ? {
+          ...params,
+          ssh: Object.fromEntries(Object.entries(params.ssh).map(([k, v]) => [k, path.resolve(v)])),
+        }
+      : params;
+    const { toProtoRequest } = await import('../../control/wire.ts');
+    return await client.build(toProtoRequest(sent, { namespace, cwd: process.cwd() }), {
+      onEvent: emit,
+      signal,
+    });
   } finally {
     client.close();
   }

@@ -10,7 +10,7 @@
  * summary or the error report and, for the tty view, stops redrawing.
  */
 import type { ProgressEvent } from '../../solver/progress.ts';
-import type { BuildSummary, ErrorReport, SourceExcerpt } from '../../control/report.ts';
+import type { BuildSummary, ErrorReport } from '../../control/report.ts';
 import { type LogLine, type ProgressModel, seconds } from './model.ts';
 
 export type ProgressMode = 'auto' | 'tty' | 'plain' | 'rawjson' | 'quiet';
