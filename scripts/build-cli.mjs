@@ -1,7 +1,8 @@
 // Bundles the kiln CLI (src/cli/main.ts and everything it imports, npm
 // dependencies included) into build/cli/js/ with esbuild, one chunk per
-// command module (main.ts loads commands with dynamic import()), and kilnd
-// (src/daemon/main.ts) beside it, sharing chunks (bin/kilnd).
+// command module (main.ts loads commands with dynamic import()), kilnd
+// (src/daemon/main.ts) and the thin client entry of `kiln --host … build`
+// (src/cli/remote.ts) beside it, sharing chunks (bin/kilnd, bin/kiln).
 //
 // Why: Node strips types and resolves ~200 modules on every start of the
 // source tree; the bundle starts in about half the time (see
@@ -61,7 +62,11 @@ try {
   await esbuild.build({
     // kilnd (src/daemon/main.ts) too: a daemon run from the sources keeps Node's type stripper
     // (a WebAssembly module) resident, ~45 MB.
-    entryPoints: { main: join(root, 'src/cli/main.ts'), kilnd: join(root, 'src/daemon/main.ts') },
+    entryPoints: {
+      main: join(root, 'src/cli/main.ts'),
+      kilnd: join(root, 'src/daemon/main.ts'),
+      remote: join(root, 'src/cli/remote.ts'),
+    },
     bundle: true,
     splitting: true,
     format: 'esm',

@@ -12,15 +12,9 @@ import { openCore, type Core } from '../core/metadata/index.ts';
 import { removeTree } from '../core/fs/safe.ts';
 import { setTempMountRoot, unmountAll } from '../core/mount/mount.ts';
 import { recoverMounts } from '../core/mount/recovery.ts';
+import { createLogger, type Globals, globalsOf } from './program.ts';
 
-export interface Globals {
-  root: string;
-  namespace: string;
-  snapshotter: 'overlayfs' | 'native';
-  logLevel: string;
-  /** A kilnd address (`--host` / KILN_HOST): commands that support it run there. */
-  host?: string;
-}
+export { defaultRoot, type Globals } from './program.ts';
 
 export interface CliContext {
   globals(): Globals;
@@ -39,32 +33,8 @@ export interface CliContext {
 
 const STALE_INGEST_MS = 24 * 3600 * 1000;
 
-export function defaultRoot(): string {
-  if (process.getuid?.() === 0) return '/var/lib/kiln';
-  const xdg = process.env.XDG_DATA_HOME ?? `${process.env.HOME ?? '/tmp'}/.local/share`;
-  return `${xdg}/kiln`;
-}
-
 export function createContext(program: Command): CliContext {
-  return createContextFor(() => {
-    const o = program.opts<{
-      root: string;
-      namespace: string;
-      snapshotter: string;
-      logLevel: string;
-      host?: string;
-    }>();
-    if (o.snapshotter !== 'overlayfs' && o.snapshotter !== 'native') {
-      throw new Error(`invalid --snapshotter "${o.snapshotter}": want overlayfs or native`);
-    }
-    return {
-      root: o.root,
-      namespace: o.namespace,
-      snapshotter: o.snapshotter,
-      logLevel: o.logLevel,
-      ...(o.host ? { host: o.host } : {}),
-    };
-  });
+  return createContextFor(() => globalsOf(program));
 }
 
 /** A context over given global options (the CLI's, or kilnd's own). */
@@ -75,12 +45,7 @@ export function createContextFor(globals: () => Globals): CliContext {
   return {
     globals,
     async log() {
-      if (!logger) {
-        const mod = await import('pino');
-        // Bundled as ESM (build/cli/js), the CommonJS module comes back as a default export only.
-        const pino = mod.pino ?? mod.default;
-        logger = pino({ level: globals().logLevel, base: undefined }, pino.destination(2));
-      }
+      logger ??= await createLogger(globals().logLevel);
       return logger;
     },
     core() {

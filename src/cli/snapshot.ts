@@ -16,7 +16,6 @@
  * already (../core/native/index.ts).
  */
 import { startupSnapshot } from 'node:v8';
-import '../client/index.ts';
 import '../control/build.ts';
 import './commands/build.ts';
 import './commands/content.ts';

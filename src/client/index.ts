@@ -1,6 +1,8 @@
 /**
- * The TypeScript client of kilnd (src/daemon, src/control/server.ts): its gRPC API
- * (proto/kiln/control/v1/control.proto) over a unix socket.
+ * The TypeScript client of kilnd (src/daemon, src/control/server.ts): its API
+ * (proto/kiln/control/v1/control.proto) over a unix socket, in the Connect
+ * protocol over HTTP/1.1 (./connect.ts says why not gRPC over HTTP/2; kilnd
+ * answers both, so other gRPC clients work too).
  *
  *   const client = new KilnClient('unix:///run/kiln/kilnd.sock');
  *   const info = await client.info();
@@ -16,19 +18,20 @@
  * `summary.error` says why.
  *
  * This module loads no engine code: it is what `kiln build --host` uses.
+ * `close()` ends the calls in flight, which cancels them on the daemon.
  */
-import net from 'node:net';
-import { create, type MessageInitShape } from '@bufbuild/protobuf';
-import { Code, ConnectError, createClient, type Client } from '@connectrpc/connect';
+import { create, fromBinary, type MessageInitShape, toBinary } from '@bufbuild/protobuf';
 import {
-  type BuildRequestSchema,
-  Control,
+  BuildRequestSchema,
+  BuildResponseSchema,
   InfoRequestSchema,
   type InfoResponse,
+  InfoResponseSchema,
 } from '../gen/kiln/control/v1/control_pb.ts';
-import { KilnError } from '../core/errors.ts';
+import { type ErrorCode, KilnError } from '../core/errors.ts';
 import type { ProgressEvent } from '../solver/progress.ts';
 import { type BuildOutcome, fromProtoEvent, fromProtoResult } from '../control/wire.ts';
+import { RpcError, serverStreamCall, unaryCall } from './connect.ts';
 
 export type { BuildOutcome } from '../control/wire.ts';
 export type BuildRequestInit = MessageInitShape<typeof BuildRequestSchema>;
@@ -49,26 +52,22 @@ export function socketPath(address: string): string {
   return address;
 }
 
-function unavailable(address: string, err: unknown): KilnError {
-  const detail =
-    err instanceof ConnectError ? err.rawMessage : err instanceof Error ? err.message : String(err);
-  return new KilnError(
-    'Unavailable',
-    `cannot reach kilnd at ${address}: ${detail} (is kilnd running? start it with: kilnd --addr ${address})`,
-    { cause: err },
-  );
-}
+/** Connect protocol codes → the engine's (src/core/errors.ts); others are Internal. */
+const CODES: Record<string, ErrorCode> = {
+  canceled: 'Canceled',
+  invalid_argument: 'InvalidArgument',
+  not_found: 'NotFound',
+  already_exists: 'AlreadyExists',
+  permission_denied: 'PermissionDenied',
+  resource_exhausted: 'ResourceExhausted',
+  failed_precondition: 'FailedPrecondition',
+  unimplemented: 'NotImplemented',
+  unavailable: 'Unavailable',
+  data_loss: 'DataLoss',
+  unauthenticated: 'Unauthenticated',
+};
 
-/** True for a failure to open the socket (nothing listening, no such file, no permission). */
-function isConnectFailure(err: ConnectError): boolean {
-  let e: unknown = err;
-  for (let i = 0; i < 5 && e instanceof Error; i++) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'EACCES' || code === 'ENOTSOCK') return true;
-    e = e.cause;
-  }
-  return /\bconnect (ENOENT|ECONNREFUSED|EACCES)\b/.test(err.rawMessage);
-}
+const SERVICE = '/kiln.control.v1.Control';
 
 export interface BuildCallOptions {
   /** Called with every progress event, in order. */
@@ -80,56 +79,39 @@ export interface BuildCallOptions {
 export class KilnClient {
   readonly address: string;
   readonly #path: string;
-  #client: Promise<Client<typeof Control>> | undefined;
-  readonly #sockets = new Set<net.Socket>();
+  readonly #calls = new Set<AbortController>();
 
   constructor(address: string) {
     this.address = address;
     this.#path = socketPath(address);
   }
 
-  /**
-   * The gRPC client, made on first use: its transport loads node:http2, which
-   * cannot be part of the CLI's start-up snapshot (src/cli/snapshot.ts).
-   */
-  #connect(): Promise<Client<typeof Control>> {
-    this.#client ??= this.#open();
-    return this.#client;
-  }
-
-  async #open(): Promise<Client<typeof Control>> {
-    const { createGrpcTransport } = await import('@connectrpc/connect-node');
-    const path = this.#path;
-    const transport = createGrpcTransport({
-      // The authority is a placeholder: the connection is the unix socket.
-      baseUrl: 'http://kilnd',
-      nodeOptions: {
-        createConnection: () => {
-          const s = net.connect(path);
-          this.#sockets.add(s);
-          s.on('close', () => this.#sockets.delete(s));
-          return s;
-        },
-      },
-    });
-    return createClient(Control, transport);
-  }
-
   /** What the daemon is and where it keeps its state. */
   async info(): Promise<InfoResponse> {
+    const call = this.#call();
     try {
-      return await (await this.#connect()).info(create(InfoRequestSchema, {}));
+      const reply = await unaryCall(
+        this.#path,
+        `${SERVICE}/Info`,
+        toBinary(InfoRequestSchema, create(InfoRequestSchema, {})),
+        { signal: call.signal },
+      );
+      return fromBinary(InfoResponseSchema, reply);
     } catch (err) {
       throw this.#wrap(err);
+    } finally {
+      this.#calls.delete(call);
     }
   }
 
   /** Runs a build on the daemon; resolves with its outcome (a failed build included). */
   async build(request: BuildRequestInit, opts: BuildCallOptions = {}): Promise<BuildOutcome> {
+    const call = this.#call();
+    const signal = opts.signal ? AbortSignal.any([opts.signal, call.signal]) : call.signal;
     try {
-      const client = await this.#connect();
-      for await (const res of client.build(request, opts.signal ? { signal: opts.signal } : {})) {
-        const ev = res.event;
+      const body = toBinary(BuildRequestSchema, create(BuildRequestSchema, request));
+      for await (const bytes of serverStreamCall(this.#path, `${SERVICE}/Build`, body, { signal })) {
+        const ev = fromBinary(BuildResponseSchema, bytes).event;
         if (ev.case === 'result') return fromProtoResult(ev.value);
         const pe = fromProtoEvent(ev);
         if (pe) opts.onEvent?.(pe);
@@ -142,22 +124,35 @@ export class KilnClient {
         };
       }
       throw this.#wrap(err);
+    } finally {
+      this.#calls.delete(call);
     }
     throw new KilnError('Internal', `kilnd at ${this.address}: the build stream ended without a result`);
   }
 
-  /** Closes the connections to the daemon. */
+  /** Ends the calls in flight (the daemon cancels them). */
   close(): void {
-    for (const s of this.#sockets) s.destroy();
+    for (const c of this.#calls) c.abort();
+    this.#calls.clear();
+  }
+
+  #call(): AbortController {
+    const c = new AbortController();
+    this.#calls.add(c);
+    return c;
   }
 
   #wrap(err: unknown): Error {
-    if (err instanceof ConnectError && (err.code === Code.Unavailable || isConnectFailure(err))) {
-      return unavailable(this.address, err);
+    if (!(err instanceof RpcError)) return err instanceof Error ? err : new Error(String(err));
+    if (err.unreachable) {
+      return new KilnError(
+        'Unavailable',
+        `cannot reach kilnd at ${this.address}: ${err.message} (is kilnd running? start it with: kilnd --addr ${this.address})`,
+        { cause: err },
+      );
     }
-    if (err instanceof ConnectError) {
-      return new KilnError('Internal', `kilnd at ${this.address}: ${err.rawMessage}`, { cause: err });
-    }
-    return err instanceof Error ? err : new Error(String(err));
+    return new KilnError(CODES[err.code] ?? 'Internal', `kilnd at ${this.address}: ${err.message}`, {
+      cause: err,
+    });
   }
 }

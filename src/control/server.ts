@@ -1,7 +1,13 @@
 /**
- * kilnd's gRPC server: the Control service (proto/kiln/control/v1) on a unix
+ * kilnd's API server: the Control service (proto/kiln/control/v1) on a unix
  * socket, over one engine context kept open for the daemon's life, so a
  * build pays neither process start-up nor opening the store.
+ *
+ * Protocols: Connect's Node server answers gRPC (and gRPC-Web and the
+ * Connect protocol) over HTTP/2, and the Connect protocol over HTTP/1.1, on
+ * the same socket: a connection that starts with HTTP/2's preface goes to
+ * the HTTP/2 server, any other to the HTTP/1.1 one. kiln's own client uses
+ * HTTP/1.1 (src/client/connect.ts says why); other gRPC clients use HTTP/2.
  *
  * - Build: runs `executeBuild` (./build.ts) in the
  *   request's namespace and streams its events, then the result. Builds run
@@ -16,13 +22,15 @@
  *   removes the socket.
  */
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
+import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
 import path from 'node:path';
-import type { ConnectRouter, HandlerContext } from '@connectrpc/connect';
+import { Duplex } from 'node:stream';
+import { Code, ConnectError, type ConnectRouter, type HandlerContext } from '@connectrpc/connect';
 import { connectNodeAdapter } from '@connectrpc/connect-node';
 import type { Logger } from 'pino';
-import { errFailedPrecondition, KilnError } from '../core/errors.ts';
+import { type ErrorCode, errFailedPrecondition, KilnError } from '../core/errors.ts';
 import { type Core, validateNamespace } from '../core/metadata/index.ts';
 import { type BuildRequest, type BuildResponse, Control } from '../gen/kiln/control/v1/control_pb.ts';
 import { ProgressChannel } from '../solver/progress.ts';
@@ -58,6 +66,22 @@ export interface Server {
   close(): Promise<void>;
 }
 
+/** The engine's error codes as statuses. */
+const STATUS: Record<ErrorCode, Code> = {
+  NotFound: Code.NotFound,
+  AlreadyExists: Code.AlreadyExists,
+  FailedPrecondition: Code.FailedPrecondition,
+  InvalidArgument: Code.InvalidArgument,
+  Unavailable: Code.Unavailable,
+  Canceled: Code.Canceled,
+  DataLoss: Code.DataLoss,
+  PermissionDenied: Code.PermissionDenied,
+  Unauthenticated: Code.Unauthenticated,
+  ResourceExhausted: Code.ResourceExhausted,
+  NotImplemented: Code.Unimplemented,
+  Internal: Code.Internal,
+};
+
 /** A request's parameters in the engine's form, with what kilnd requires of them checked. */
 export function buildParams(req: BuildRequest): BuildParams {
   const p = fromProtoRequest(req);
@@ -80,12 +104,22 @@ export async function serve(opts: ServerOptions): Promise<Server> {
   const running = new Set<Promise<unknown>>();
   let seq = 0;
 
+  /** What a build needs before it starts; a refusal is a status with its code (not Internal). */
+  async function admit(req: BuildRequest): Promise<{ params: BuildParams; ns: string; base: Core }> {
+    try {
+      if (shutdown.signal.aborted) throw errFailedPrecondition('kilnd is shutting down');
+      const params = buildParams(req);
+      const ns = req.namespace === '' ? g.namespace : req.namespace;
+      validateNamespace(ns);
+      return { params, ns, base: await g.core() };
+    } catch (err) {
+      if (err instanceof KilnError) throw new ConnectError(err.message, STATUS[err.code]);
+      throw err;
+    }
+  }
+
   async function* build(req: BuildRequest, hctx: HandlerContext): AsyncGenerator<BuildResponse> {
-    if (shutdown.signal.aborted) throw errFailedPrecondition('kilnd is shutting down');
-    const params = buildParams(req);
-    const ns = req.namespace === '' ? g.namespace : req.namespace;
-    validateNamespace(ns);
-    const base = await g.core();
+    const { params, ns, base } = await admit(req);
     const core = ns === base.namespace ? base : base.withNamespace(ns);
     const id = ++seq;
     const t0 = performance.now();
@@ -130,11 +164,19 @@ export async function serve(opts: ServerOptions): Promise<Server> {
   };
 
   await claimSocket(opts.socket);
-  const server = http2.createServer(connectNodeAdapter({ routes }));
+  const handler = connectNodeAdapter({ routes });
+  const h2 = http2.createServer(handler);
+  const h1 = http.createServer(handler);
   const sessions = new Set<http2.ServerHttp2Session>();
-  server.on('session', (s) => {
+  h2.on('session', (s) => {
     sessions.add(s);
     s.on('close', () => sessions.delete(s));
+  });
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    dispatchByPreface(socket, h1, h2);
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -155,6 +197,9 @@ export async function serve(opts: ServerOptions): Promise<Server> {
         const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
         await Promise.allSettled([...running]);
         for (const s of sessions) s.close();
+        h1.closeAllConnections();
+        // Connections that never sent a request (and so belong to neither server).
+        for (const s of sockets) s.destroy();
         await stopped;
         await g.close();
         rmSync(opts.socket, { force: true });
@@ -163,6 +208,55 @@ export async function serve(opts: ServerOptions): Promise<Server> {
       return closing;
     },
   };
+}
+
+/** HTTP/2 with prior knowledge starts with this (RFC 9113, 3.4); an HTTP/1.1 request never does. */
+const H2_PREFACE = Buffer.from('PRI * HTTP/2.0');
+
+/**
+ * Hands a new connection to the HTTP/2 server (gRPC, the Connect protocol) or to the HTTP/1.1
+ * one (the Connect protocol, which `kiln --host` uses: node:http2 costs a client ~20 ms to load),
+ * by its first bytes.
+ */
+function dispatchByPreface(socket: net.Socket, h1: http.Server, h2: http2.Http2Server): void {
+  const chunks: Buffer[] = [];
+  let length = 0;
+  const onData = (chunk: Buffer): void => {
+    chunks.push(chunk);
+    length += chunk.length;
+    const head = Buffer.concat(chunks);
+    const n = Math.min(head.length, H2_PREFACE.length);
+    const isH2 = head.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
+    if (isH2 && length < H2_PREFACE.length) return; // undecided yet
+    socket.off('data', onData);
+    if (!isH2) {
+      socket.pause();
+      socket.unshift(head);
+      h1.emit('connection', socket);
+      socket.resume();
+      return;
+    }
+    // node:http2 reads a net.Socket through its native handle, past what was read here; given
+    // another stream it reads through JavaScript, so the bytes read here can be put back first.
+    const stream = new Duplex({
+      read: () => socket.resume(),
+      write: (chunk: Buffer, _enc, cb) => socket.write(chunk, cb),
+      final: (cb) => socket.end(cb),
+      destroy: (err, cb) => {
+        socket.destroy(err ?? undefined);
+        cb(err);
+      },
+    });
+    stream.push(head);
+    socket.on('data', (d: Buffer) => {
+      if (!stream.push(d)) socket.pause();
+    });
+    socket.on('end', () => stream.push(null));
+    socket.on('close', () => stream.destroy());
+    socket.on('error', (err) => stream.destroy(err));
+    h2.emit('connection', stream);
+  };
+  socket.on('data', onData);
 }
 
 /** Makes the socket path free: refused while a server answers there; a stale file is removed. */

@@ -1,6 +1,7 @@
 /**
- * `kilnd`: serves the engine over gRPC (src/control/server.ts) to `kiln --host` and to
- * the TypeScript client (src/client). One daemon per state root; it shares
+ * `kilnd`: serves the engine's API (gRPC, and the Connect protocol;
+ * src/control/server.ts) to `kiln --host` and to the TypeScript client
+ * (src/client). One daemon per state root; it shares
  * the root with embedded `kiln` commands (the root's lock is held shared).
  * SIGINT/SIGTERM stop it cleanly: running builds are canceled and their
  * mounts and processes released, the store closed, the socket removed.
@@ -22,7 +23,7 @@ interface DaemonOptions {
 
 export async function runDaemon(argv: string[]): Promise<number> {
   const program = new Command('kilnd')
-    .description('kilnd: the Kiln engine served over gRPC')
+    .description('kilnd: the Kiln engine served over gRPC and the Connect protocol')
     .version(VERSION)
     .option('--root <dir>', 'state directory (env KILN_ROOT)', process.env.KILN_ROOT ?? defaultRoot())
     .option('--addr <address>', 'where to listen: unix:///path/to/socket', DEFAULT_ADDRESS)

