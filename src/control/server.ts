@@ -176,6 +176,9 @@ export async function serve(opts: ServerOptions): Promise<Server> {
   const server = net.createServer((socket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
+    // A client that resets its connection is no error of the daemon's (the servers handle the
+    // errors of the connections they took; this one covers the first bytes).
+    socket.on('error', (err) => log.debug({ err: err.message }, 'connection error'));
     dispatchByPreface(socket, h1, h2);
   });
   await new Promise<void>((resolve, reject) => {
