@@ -183,7 +183,12 @@ export async function unaryCall(
   const { res } = await post(socketPath, procedure, 'application/proto', request, opts);
   const body = await readAll(res);
   if (res.statusCode === 200) return body;
-  throw (
+  throw statusError(res, body);
+}
+
+/** The error of a reply that is not 200: its Connect error JSON, else its HTTP status. */
+function statusError(res: http.IncomingMessage, body: Buffer): RpcError {
+  return (
     errorFromJson(parseJson(body.toString('utf8'))) ??
     new RpcError(
       codeOfStatus(res.statusCode ?? 0),
@@ -207,16 +212,7 @@ export async function* serverStreamCall(
     opts,
   );
   try {
-    if (res.statusCode !== 200) {
-      const body = (await readAll(res)).toString('utf8');
-      throw (
-        errorFromJson(parseJson(body)) ??
-        new RpcError(
-          codeOfStatus(res.statusCode ?? 0),
-          `HTTP ${res.statusCode} ${res.statusMessage ?? ''}`.trim(),
-        )
-      );
-    }
+    if (res.statusCode !== 200) throw statusError(res, await readAll(res));
     const reader = new EnvelopeReader();
     let ended = false;
     for await (const chunk of res) {

@@ -200,8 +200,8 @@ export async function serve(opts: ServerOptions): Promise<Server> {
         const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
         await Promise.allSettled([...running]);
         for (const s of sessions) s.close();
-        h1.closeAllConnections();
-        // Connections that never sent a request (and so belong to neither server).
+        // Builds are over: the remaining connections go, HTTP/1.1 ones and those that never sent
+        // a request (and so belong to neither server) included.
         for (const s of sockets) s.destroy();
         await stopped;
         await g.close();
@@ -222,15 +222,12 @@ const H2_PREFACE = Buffer.from('PRI * HTTP/2.0');
  * by its first bytes.
  */
 function dispatchByPreface(socket: net.Socket, h1: http.Server, h2: http2.Http2Server): void {
-  const chunks: Buffer[] = [];
-  let length = 0;
+  let head = Buffer.alloc(0);
   const onData = (chunk: Buffer): void => {
-    chunks.push(chunk);
-    length += chunk.length;
-    const head = Buffer.concat(chunks);
+    head = Buffer.concat([head, chunk]);
     const n = Math.min(head.length, H2_PREFACE.length);
     const isH2 = head.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
-    if (isH2 && length < H2_PREFACE.length) return; // undecided yet
+    if (isH2 && head.length < H2_PREFACE.length) return; // undecided yet
     socket.off('data', onData);
     if (!isH2) {
       socket.pause();
