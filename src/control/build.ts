@@ -34,6 +34,10 @@ import { type BuildContext, prepareContext } from './context.ts';
 import { markNoCache, nameContextSource, sourceExcerpt, withNetwork } from './definition.ts';
 import { BuildImageResolver } from './images.ts';
 import { type ExportRecord, parseOutputs, runOutputs } from './outputs.ts';
+import { layerOptionsFor } from '../exporter/index.ts';
+import { type LayerOptions, prepareLayer } from '../exporter/layers.ts';
+import { layerChain } from '../llb/chain.ts';
+import { parseDefinition } from '../llb/definition.ts';
 
 /** A build request, resolved by the caller (see the module comment). */
 export interface BuildParams {
@@ -159,6 +163,31 @@ function reportSkipped(
   }
 }
 
+/**
+ * The solver hook that computes the layers of the image's chain
+ * (../llb/chain.ts) as their steps finish, while later steps run, so the
+ * export finds them done (../exporter/layers.ts `prepareLayer`). Undefined
+ * when no output makes an image. A layer that fails here is computed again
+ * by the export, which reports the error.
+ */
+function aheadOfExport(
+  core: Core,
+  def: Definition,
+  layerOpts: LayerOptions | undefined,
+  opts: { signal: AbortSignal; started: (p: Promise<void>) => void },
+): ((vertex: Vertex, ids: readonly string[]) => void) | undefined {
+  if (!layerOpts) return undefined;
+  let chain: Map<string, number> | undefined;
+  return (vertex, ids) => {
+    // Parsed on the first step that runs: a build answered from the cache never needs it.
+    chain ??= layerChain(parseDefinition(def));
+    const index = chain.get(vertex.digest);
+    const id = index === undefined ? undefined : ids[index];
+    if (id === undefined || opts.signal.aborted) return;
+    opts.started(prepareLayer(core, id, { ...layerOpts, signal: opts.signal }).catch(() => undefined));
+  };
+}
+
 /** Runs one build (see the module comment); never throws. */
 export async function executeBuild(core: Core, params: BuildParams, io: BuildIO): Promise<BuildOutcome> {
   const summary: BuildSummary = { results: [], warnings: [] };
@@ -188,6 +217,9 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
   let worker: Worker | undefined;
   let result: Result | undefined;
   let imageId: string | undefined;
+  /** Layers computed while the build goes on (see `aheadOfExport`). */
+  const ahead: Promise<void>[] = [];
+  const stopAhead = new AbortController();
   try {
     const epoch = epochOf(params);
     if (params.network !== undefined && !['default', 'host', 'none'].includes(params.network)) {
@@ -273,6 +305,10 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
       markNoCache(def, wanted);
     }
 
+    const onExecuted = aheadOfExport(core, def, layerOptionsFor(outputs, epoch), {
+      signal: AbortSignal.any([io.signal, stopAhead.signal]),
+      started: (p) => ahead.push(p),
+    });
     worker = new Worker({
       core,
       images: resolver,
@@ -281,6 +317,7 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
         secrets: params.secrets,
         ...(params.ssh ? { sshAgents: params.ssh } : {}),
       },
+      ...(onExecuted ? { onExecuted } : {}),
     });
     result = await worker.solveDefinition(def, { signal: io.signal, progress: { write: emit } });
     reportSkipped(worker, def, seen, emit);
@@ -330,6 +367,9 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
       ...(err instanceof Error && err.stack ? { stack: err.stack } : {}),
     };
   } finally {
+    // Layers still computing ahead are of no use to a build that failed; an export waited for its own.
+    stopAhead.abort();
+    await Promise.all(ahead);
     await result?.release().catch(() => undefined);
     worker?.close();
     await bctx?.cleanup();

@@ -34,7 +34,7 @@ import type { Core, SnapshotterName } from '../core/metadata/index.ts';
 import type { RemoteOptions } from '../core/remotes/transport.ts';
 import { type ExporterName, type ExportResult, type ExportSource, getExporter } from './exporters.ts';
 import { type BuiltImage, buildImage } from './image.ts';
-import type { SnapshotLayer } from './layers.ts';
+import type { LayerOptions, SnapshotLayer } from './layers.ts';
 
 export {
   type Exporter,
@@ -222,6 +222,27 @@ export function defaultCompression(
       (o.type === 'oci' || o.type === 'registry' || (o.type === 'image' && o.push === true)),
   );
   return gz ? 'gzip' : 'none';
+}
+
+/**
+ * The layer options the export of these outputs will use for its first
+ * image (as `exportResult` and ./image.ts choose them), for layers computed
+ * ahead of it (./layers.ts `prepareLayer`); undefined when no output makes
+ * an image.
+ */
+export function layerOptionsFor(
+  outputs: readonly OutputSpec[],
+  sourceDateEpoch?: number,
+): LayerOptions | undefined {
+  const out = outputs.find((o) => IMAGE_TYPES.includes(o.type));
+  if (!out) return undefined;
+  return {
+    compression: out.compression ?? defaultCompression(outputs),
+    dockerMediaTypes: !(out.ociMediaTypes ?? true),
+    ...(out.compressionLevel !== undefined ? { level: out.compressionLevel } : {}),
+    ...(out.forceCompression ? { forceCompression: true } : {}),
+    ...(sourceDateEpoch !== undefined ? { sourceDateEpoch } : {}),
+  };
 }
 
 /** Parses SOURCE_DATE_EPOCH (seconds since the epoch); undefined or '' gives undefined. */

@@ -319,12 +319,8 @@ async function computeLayer(
   }
 }
 
-/** The layers of the chain ending at committed snapshot `name` (see the module comment). */
-export async function snapshotLayers(
-  core: Core,
-  name: string,
-  opts: LayerOptions = {},
-): Promise<SnapshotLayer[]> {
+/** Throws for options no export can use. */
+function checkOptions(name: string, opts: LayerOptions): void {
   const compression = opts.compression ?? 'gzip';
   if (!COMPRESSIONS.includes(compression)) {
     throw errInvalidArgument(`export layers of "${name}": unknown compression "${compression}"`);
@@ -332,6 +328,98 @@ export async function snapshotLayers(
   if (opts.dockerMediaTypes && compression === 'zstd') {
     throw errInvalidArgument(`export layers of "${name}": zstd compression needs OCI media types`);
   }
+}
+
+/**
+ * Layers `prepareLayer` is computing in this process, by root, namespace,
+ * driver, snapshot and label key. An export that needs one of them waits for
+ * it and then finds the snapshot's label, instead of walking the same tree
+ * a second time.
+ */
+const preparing = new Map<string, Promise<void>>();
+
+function preparingKey(core: Core, name: string, opts: LayerOptions): string {
+  const label = layerLabel(opts.compression ?? 'gzip', opts.sourceDateEpoch);
+  return [core.root, core.namespace, opts.snapshotter ?? core.defaultSnapshotter, name, label].join('\0');
+}
+
+/** The layer of one snapshot of a chain: found through a label or the image it was unpacked from, else computed and labelled. */
+async function layerOf(
+  base: NamespacedSnapshotter,
+  sn: NamespacedSnapshotter,
+  store: ContentStore,
+  info: SnapshotInfo,
+  opts: LayerOptions,
+): Promise<SnapshotLayer> {
+  let found = await knownBlob(store, info, opts);
+  let dir: string | undefined;
+  if (!found) {
+    const computed = await computeLayer(sn, store, info, opts);
+    const desc = computed.desc;
+    dir = computed.dir;
+    const diffID = desc.annotations![LABEL_UNCOMPRESSED] as Digest;
+    found = { desc, diffID, source: 'computed' };
+  }
+  if (found.source === 'computed' || found.source === 'converted') {
+    const key = layerLabel(
+      blobCompression(found.desc.mediaType) ?? opts.compression ?? 'gzip',
+      opts.sourceDateEpoch,
+    );
+    await base.update({ name: info.name, labels: { [key]: found.desc.digest } }, [`labels.${key}`]);
+  }
+  return {
+    snapshot: info.name,
+    descriptor: found.desc,
+    diffID: found.diffID,
+    empty: found.diffID === EMPTY_LAYER_DIFF_ID,
+    source: found.source,
+    createdAt: info.createdAt,
+    ...(dir !== undefined ? { dir } : {}),
+  };
+}
+
+/**
+ * Computes and labels the layer of committed snapshot `name` (its change
+ * against its parent) ahead of an export, as `snapshotLayers` would: a build
+ * calls it as each step of the image's chain finishes, so the layer is
+ * written while later steps run. Until it settles, `snapshotLayers` in this
+ * process waits for it instead of computing the same layer; afterwards the
+ * label answers. A temporary lease holds its views and the blob until the
+ * label does. A second call for the same layer and options returns the
+ * first one's promise.
+ */
+export function prepareLayer(core: Core, name: string, opts: LayerOptions = {}): Promise<void> {
+  checkOptions(name, opts);
+  const key = preparingKey(core, name, opts);
+  const running = preparing.get(key);
+  if (running) return running;
+  const work = (async () => {
+    const lease = core.leases.create({ ttlMs: 3_600_000, labels: { 'kiln.dev/purpose': 'export' } }).id;
+    try {
+      const base = await core.snapshotter(opts.snapshotter);
+      const info = await base.stat(name);
+      if (info.kind !== 'committed') return;
+      opts.signal?.throwIfAborted();
+      await layerOf(base, base.withLease(lease), core.content.withLease(lease), info, opts);
+    } catch (err) {
+      throw wrap(err, `export layer of snapshot "${name}"`);
+    } finally {
+      core.leases.delete(lease);
+    }
+  })().finally(() => preparing.delete(key));
+  preparing.set(key, work);
+  return work;
+}
+
+/** The layers of the chain ending at committed snapshot `name` (see the module comment). */
+export async function snapshotLayers(
+  core: Core,
+  name: string,
+  opts: LayerOptions = {},
+): Promise<SnapshotLayer[]> {
+  checkOptions(name, opts);
+  // Taken before the chain's labels are read: one that settles in between is still waited for.
+  const ahead = new Map(preparing);
   const temporary = opts.lease === undefined;
   const lease =
     opts.lease ?? core.leases.create({ ttlMs: 3_600_000, labels: { 'kiln.dev/purpose': 'export' } }).id;
@@ -341,39 +429,22 @@ export async function snapshotLayers(
     const store = core.content.withLease(lease);
     const chain = await snapshotChain(base, name);
     const limit = limiter(Math.max(1, opts.concurrency ?? availableParallelism()));
-    const tasks = chain.map((info) =>
+    const tasks = chain.map((listed) =>
       limit(async (): Promise<SnapshotLayer> => {
         opts.signal?.throwIfAborted();
         try {
-          let found = await knownBlob(store, info, opts);
-          let dir: string | undefined;
-          if (!found) {
-            const computed = await computeLayer(sn, store, info, opts);
-            const desc = computed.desc;
-            dir = computed.dir;
-            const diffID = desc.annotations![LABEL_UNCOMPRESSED] as Digest;
-            found = { desc, diffID, source: 'computed' };
+          let info = listed;
+          const prepared = ahead.get(preparingKey(core, info.name, opts));
+          if (prepared) {
+            // Computed ahead (prepareLayer): its label is the answer, unless it failed.
+            await prepared.catch(() => undefined);
+            info = await base.stat(info.name);
           }
-          if (found.source === 'computed' || found.source === 'converted') {
-            const key = layerLabel(
-              blobCompression(found.desc.mediaType) ?? compression,
-              opts.sourceDateEpoch,
-            );
-            await base.update({ name: info.name, labels: { [key]: found.desc.digest } }, [`labels.${key}`]);
-          }
-          const layer: SnapshotLayer = {
-            snapshot: info.name,
-            descriptor: found.desc,
-            diffID: found.diffID,
-            empty: found.diffID === EMPTY_LAYER_DIFF_ID,
-            source: found.source,
-            createdAt: info.createdAt,
-            ...(dir !== undefined ? { dir } : {}),
-          };
+          const layer = await layerOf(base, sn, store, info, opts);
           opts.progress?.(layer);
           return layer;
         } catch (err) {
-          throw wrap(err, `export layer of snapshot "${info.name}"`);
+          throw wrap(err, `export layer of snapshot "${listed.name}"`);
         }
       }),
     );

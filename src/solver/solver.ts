@@ -54,6 +54,12 @@ export interface SolverOptions {
   loadResult: (id: string, signal: AbortSignal) => Promise<Result>;
   /** Execs running at once; default `os.availableParallelism()`. */
   parallelism?: number;
+  /**
+   * Told the result ids of each vertex this solver ran (not of those the
+   * cache answered), once they are recorded and before dependants start.
+   * It must not throw; work it starts must not hold the solve up.
+   */
+  onExecuted?: (vertex: Vertex, ids: readonly string[]) => void;
 }
 
 export interface SolveOptions {
@@ -317,6 +323,7 @@ class VertexState {
       await this.#env.options.cache.save(def.key, ids);
       if (contentKey !== undefined && contentKey !== def.key)
         await this.#env.options.cache.save(contentKey, ids);
+      this.#env.options.onExecuted?.(this.vertex, ids);
     } catch (err) {
       this.#errorEmitted = true;
       const error = signal.aborted ? 'canceled' : err instanceof Error ? err.message : String(err);

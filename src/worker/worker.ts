@@ -42,6 +42,8 @@ export interface WorkerOptions {
   cache?: CacheManager;
   /** Execs at once; default the solver's. */
   parallelism?: number;
+  /** The solver's `onExecuted`: result ids of each vertex it ran. */
+  onExecuted?: (vertex: Vertex, ids: readonly string[]) => void;
 }
 
 /** What a worker vertex carries in `sys`. */
@@ -100,6 +102,7 @@ export class Worker {
       cache: this.cache,
       loadResult: (id) => this.loadResult(id),
       ...(opts.parallelism !== undefined ? { parallelism: opts.parallelism } : {}),
+      ...(opts.onExecuted ? { onExecuted: opts.onExecuted } : {}),
     });
   }
 

@@ -324,6 +324,39 @@ describe('kiln build', () => {
     assert.equal(objs.at(-1)?.type, 'result');
   });
 
+  test("the image's layers are computed as their steps finish; the export takes them as they are", async () => {
+    const dir = await context('ahead', {
+      Dockerfile: [
+        'FROM busybox AS other',
+        'RUN echo other > /other.txt',
+        'FROM busybox',
+        'COPY data.txt /data/',
+        'COPY --from=other /other.txt /data/',
+        'RUN sleep 0.3 && wc -c /data/data.txt > /data/count.txt',
+        'RUN cat /data/count.txt',
+        '',
+      ].join('\n'),
+      'data.txt': 'x'.repeat(200_000),
+    });
+    const r = await kiln(['build', '--progress=rawjson', '-t', 'ahead:1', dir]);
+    assert.equal(r.code, 0, r.stderr);
+    const objs = r.stderr
+      .trimEnd()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { type: string; id?: string });
+    const layers = objs.filter((o) => o.type === 'status' && o.id?.startsWith('layer ')).map((o) => o.id!);
+    // The base layer, COPY, COPY --from and the first RUN (the last RUN adds nothing), as they finish.
+    assert.equal(layers.length, 5, layers.join('\n'));
+    assert.deepEqual(
+      layers.map((id) => /\((\w+)\)$/.exec(id)?.[1]).sort(),
+      ['label', 'label', 'label', 'label', 'unpacked'],
+      'computed ahead of the export, not by it',
+    );
+    const run = await kiln(['run', '--rm', 'ahead:1', 'cat', '/data/count.txt', '/data/other.txt']);
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(run.stdout, '200000 /data/data.txt\nother\n');
+  });
+
   test('--target builds only the stages the target needs', async () => {
     const dir = await context('target', {
       Dockerfile: [

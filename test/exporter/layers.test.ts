@@ -6,7 +6,9 @@
  * Docker media types; an empty result; history made consistent with the
  * layers when the frontend's history has too many or too few entries;
  * `-o` parsing with errors that name the bad key; the default layer
- * compression of a set of outputs.
+ * compression of a set of outputs; layers prepared ahead of an export
+ * (waited for while in flight, found by label, with the options the export
+ * of each kind of output uses).
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -22,13 +24,15 @@ import { setTempMountRoot } from '../../src/core/mount/mount.ts';
 import {
   buildImage,
   defaultCompression,
+  exportResult,
   formatTime,
+  layerOptionsFor,
   parseOutputSpec,
   type SnapshotLayer,
   snapshotLayers,
   sourceDateEpochFrom,
 } from '../../src/exporter/index.ts';
-import { fastUpper, parentView } from '../../src/exporter/layers.ts';
+import { fastUpper, parentView, prepareLayer } from '../../src/exporter/layers.ts';
 import { makeBusyboxLayout } from '../core/fixtures/busybox-image.ts';
 import { busyboxRootfs } from '../core/fixtures/images.ts';
 import { chainConfig, makeChain, snapshotTree, step } from './fixtures.ts';
@@ -113,6 +117,79 @@ void describe('snapshot layers and image assembly', () => {
       before.createdAt.getTime(),
     );
     assert.deepEqual(await snapshotTree(core, res.chainID!), await snapshotTree(core, 'on-busybox'));
+  });
+
+  void test('a layer prepared ahead is the one the export takes: waited for in flight, not computed again', async () => {
+    await makeChain(core, await busyboxRootfs(join(work, 'rootfs')), 'ahead-');
+    const names = ['ahead-base', 'ahead-step1', 'ahead-step2', 'ahead-step3'];
+    const opts = { compression: 'gzip' as const };
+    // Not awaited: the export starts while every one of them is still computing.
+    const preparing = names.map((n) => prepareLayer(core, n, opts));
+    assert.equal(
+      prepareLayer(core, 'ahead-step1', opts),
+      preparing[1],
+      'one computation per layer and options',
+    );
+    const seen: SnapshotLayer[] = [];
+    const layers = await snapshotLayers(core, 'ahead-step3', { ...opts, progress: (l) => seen.push(l) });
+    await Promise.all(preparing);
+    assert.deepEqual(
+      seen.map((l) => l.source),
+      ['label', 'label', 'label', 'label'],
+    );
+    // The prepared layers are the snapshots' changes: the generic walk gives the same diff IDs.
+    const sn = await core.snapshotter();
+    const other = new LocalContentStore(join(work, 'ahead-store'));
+    for (const [i, name] of names.entries()) {
+      const lower = i === 0 ? [] : await sn.view(`${name}-check-lower`, names[i - 1]!);
+      const upper = await sn.view(`${name}-check-upper`, name);
+      try {
+        const walked = await compare(lower, upper, other, { fastPath: false });
+        assert.equal(layers[i]!.diffID, walked.annotations!['containerd.io/uncompressed'], name);
+      } finally {
+        await sn.remove(`${name}-check-upper`);
+        if (i > 0) await sn.remove(`${name}-check-lower`);
+      }
+    }
+    assert.equal(layers[2]!.empty, true, 'step2 changes nothing');
+    await assert.rejects(prepareLayer(core, 'ahead-missing', opts), (err: unknown) =>
+      isKilnError(err, 'NotFound'),
+    );
+  });
+
+  void test("layers prepared with layerOptionsFor's options are the ones each kind of export takes", async () => {
+    const cases: [string, string[]][] = [
+      ['store', ['type=image,name=kiln-test/ahead:store']],
+      ['oci', [`type=oci,dest=${join(work, 'ahead-oci.tar')}`]],
+      ['docker', [`type=docker,dest=${join(work, 'ahead-docker.tar')},name=kiln-test/ahead:docker`]],
+      ['zstd', ['type=image,name=kiln-test/ahead:zstd,compression=zstd,compression-level=5']],
+      ['forced', ['type=image,name=kiln-test/ahead:forced,compression=gzip,force-compression=true']],
+      ['docker-types', [`type=oci,dest=${join(work, 'ahead-dt.tar')},oci-mediatypes=false`]],
+      ['two', ['type=image,name=kiln-test/ahead:two', `type=oci,dest=${join(work, 'ahead-two.tar')}`]],
+    ];
+    for (const [tag, specs] of cases) {
+      const name = `ahead-${tag}`;
+      await step(core, name, 'step3', async (dir) => {
+        await writeFile(join(dir, `${tag}.txt`), `${tag}\n`);
+      });
+      const outputs = specs.map((x) => parseOutputSpec(x));
+      for (const sde of [undefined, 1700000000]) {
+        const opts = layerOptionsFor(outputs, sde);
+        assert.ok(opts, tag);
+        await prepareLayer(core, name, opts);
+        const seen: SnapshotLayer[] = [];
+        await exportResult(core, {
+          snapshot: name,
+          config: chainConfig(),
+          outputs,
+          ...(sde !== undefined ? { sourceDateEpoch: sde } : {}),
+          progress: (l) => seen.push(l),
+        });
+        const top = seen.find((l) => l.snapshot === name);
+        assert.equal(top?.source, 'label', `${tag}, SOURCE_DATE_EPOCH ${sde}: the prepared layer`);
+      }
+    }
+    assert.equal(layerOptionsFor([parseOutputSpec('type=local,dest=out')]), undefined, 'no image, no layers');
   });
 
   void test('Docker media types; zstd refuses them', async () => {
