@@ -26,6 +26,7 @@ import { DockerfileSyntaxError, convertDockerfile } from '../frontend/dockerfile
 import type { Definition } from '../gen/kiln/llb/v1/llb_pb.ts';
 import { SCRATCH, snapshotOf } from '../ops/refs.ts';
 import { now, type ProgressEvent } from '../solver/progress.ts';
+import type { CacheManager } from '../solver/cache.ts';
 import { SolveError } from '../solver/solver.ts';
 import type { Result, Vertex } from '../solver/types.ts';
 import { Worker } from '../worker/worker.ts';
@@ -79,6 +80,8 @@ export interface BuildIO {
   /** Where a `-` context or Dockerfile is read from. */
   stdin?: Readable;
   signal: AbortSignal;
+  /** The cache index to use (kilnd keeps one per namespace); default one opened for this build. */
+  cache?: CacheManager;
 }
 
 export interface BuildOutcome {
@@ -318,6 +321,7 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
         ...(params.ssh ? { sshAgents: params.ssh } : {}),
       },
       ...(onExecuted ? { onExecuted } : {}),
+      ...(io.cache ? { cache: io.cache } : {}),
     });
     result = await worker.solveDefinition(def, { signal: io.signal, progress: { write: emit } });
     reportSkipped(worker, def, seen, emit);

@@ -1,7 +1,8 @@
 /**
  * kilnd's API server: the Control service (proto/kiln/control/v1) on a unix
  * socket, over one engine context kept open for the daemon's life, so a
- * build pays neither process start-up nor opening the store.
+ * build pays neither process start-up nor opening the store (nor the build
+ * cache index: one per namespace, shared by its builds).
  *
  * Protocols: Connect's Node server answers gRPC (and gRPC-Web and the
  * Connect protocol) over HTTP/2, and the Connect protocol over HTTP/1.1, on
@@ -34,6 +35,8 @@ import { type ErrorCode, errFailedPrecondition, KilnError } from '../core/errors
 import { type Core, validateNamespace } from '../core/metadata/index.ts';
 import { type BuildRequest, type BuildResponse, Control } from '../gen/kiln/control/v1/control_pb.ts';
 import { ProgressChannel } from '../solver/progress.ts';
+import type { SqliteCacheManager } from '../solver/cache.ts';
+import { workerCache } from '../worker/worker.ts';
 import { type BuildOutcome, type BuildParams, executeBuild } from './build.ts';
 import { fromProtoRequest, toProtoEvent, toProtoResult } from './wire.ts';
 
@@ -102,6 +105,8 @@ export async function serve(opts: ServerOptions): Promise<Server> {
   const { engine: g, log } = opts;
   const shutdown = new AbortController();
   const running = new Set<Promise<unknown>>();
+  /** One cache index per namespace for every build (opened on its first build, closed with the server). */
+  const caches = new Map<string, SqliteCacheManager>();
   let seq = 0;
 
   /** What a build needs before it starts; a refusal is a status with its code (not Internal). */
@@ -126,7 +131,21 @@ export async function serve(opts: ServerOptions): Promise<Server> {
     log.info({ build: id, namespace: ns, context: params.context, tags: params.tags }, 'build started');
     const signal = AbortSignal.any([hctx.signal, shutdown.signal]);
     const events = new ProgressChannel();
-    const run = executeBuild(core, params, { root: g.root, emit: (ev) => events.write(ev), signal });
+    let cache = caches.get(ns);
+    if (!cache) {
+      try {
+        cache = workerCache(core);
+        caches.set(ns, cache);
+      } catch {
+        // The build opens its own and reports why it cannot.
+      }
+    }
+    const run = executeBuild(core, params, {
+      root: g.root,
+      emit: (ev) => events.write(ev),
+      signal,
+      ...(cache ? { cache } : {}),
+    });
     void run.finally(() => events.close());
     running.add(run);
     let outcome: BuildOutcome | undefined;
@@ -204,6 +223,7 @@ export async function serve(opts: ServerOptions): Promise<Server> {
         // a request (and so belong to neither server) included.
         for (const s of sockets) s.destroy();
         await stopped;
+        for (const c of caches.values()) c.close();
         await g.close();
         rmSync(opts.socket, { force: true });
         log.info('kilnd stopped');

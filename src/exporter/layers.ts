@@ -31,6 +31,11 @@
  *    or other drivers, take the generic two-tree walk. `sourceDateEpoch`
  *    clamps mtimes. The result is recorded as in (1).
  *
+ * `prepareLayer(core, name, opts)` does steps 1-3 for one snapshot ahead of
+ * an export (a build calls it as each step of the image's chain finishes);
+ * `snapshotLayers` waits for such a layer while it is in flight, then finds
+ * its label.
+ *
  * Independent layers are computed in parallel, at most `concurrency` at a
  * time (default: the number of CPUs). Blobs and views are held by a lease
  * (the caller's, else a temporary one deleted at the end, after which only

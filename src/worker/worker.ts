@@ -38,7 +38,7 @@ export interface WorkerOptions {
   runtime?: OciRuntime;
   sessions?: Partial<Sessions>;
   images?: ImageResolver;
-  /** Cache index; default a SqliteCacheManager in the core root. */
+  /** Cache index; default `workerCache(core)`, which `close()` closes (a given one is the caller's). */
   cache?: CacheManager;
   /** Execs at once; default the solver's. */
   parallelism?: number;
@@ -69,6 +69,27 @@ export function opSummary(op: OpPb): string {
   }
 }
 
+/** Whether result `id` (a committed snapshot of the core's namespace) is still there. */
+async function resultExists(core: Core, id: string): Promise<boolean> {
+  try {
+    const info = await (await core.snapshotter()).stat(id);
+    return info.kind === 'committed';
+  } catch (err) {
+    if (isKilnError(err, 'NotFound')) return false;
+    throw err;
+  }
+}
+
+/**
+ * The cache index of a core's root (`<root>/cache.db`) as a worker uses it:
+ * a record whose snapshot is gone from the core's namespace is a miss. A
+ * worker opens its own unless given one; a long-lived process (kilnd) keeps
+ * one per namespace for all its builds and closes it itself.
+ */
+export function workerCache(core: Core): SqliteCacheManager {
+  return new SqliteCacheManager({ root: core.root, exists: (id) => resultExists(core, id) });
+}
+
 export class Worker {
   readonly core: Core;
   readonly sessions: Sessions;
@@ -77,6 +98,7 @@ export class Worker {
   readonly env: OpEnv;
   readonly resolveOp: ResolveOp;
   #runtime: Promise<OciRuntime> | undefined;
+  readonly #ownsCache: boolean;
 
   constructor(opts: WorkerOptions) {
     this.core = opts.core;
@@ -95,8 +117,8 @@ export class Worker {
       const sys = vertex.sys as LlbVertexSys;
       return resolveLlbOp(this.env, sys.op, vertex.digest);
     };
-    this.cache =
-      opts.cache ?? new SqliteCacheManager({ root: this.core.root, exists: (id) => this.#exists(id) });
+    this.#ownsCache = opts.cache === undefined;
+    this.cache = opts.cache ?? workerCache(this.core);
     this.solver = new Solver({
       resolveOp: this.resolveOp,
       cache: this.cache,
@@ -115,19 +137,9 @@ export class Worker {
     return this.#runtime;
   }
 
-  async #exists(id: string): Promise<boolean> {
-    try {
-      const info = await (await this.core.snapshotter()).stat(id);
-      return info.kind === 'committed';
-    } catch (err) {
-      if (isKilnError(err, 'NotFound')) return false;
-      throw err;
-    }
-  }
-
   /** A handle on the committed snapshot `id` (a cache index entry). */
   async loadResult(id: string): Promise<Result> {
-    if (!(await this.#exists(id)))
+    if (!(await resultExists(this.core, id)))
       throw errNotFound(`load result "${id}": no committed snapshot of that name`);
     return new SnapshotRef(id);
   }
@@ -220,7 +232,8 @@ export class Worker {
     if (this.#runtime) await (await this.#runtime).cleanupStale().catch(() => {});
   }
 
+  /** Closes the cache index it opened (not one it was given). */
   close(): void {
-    this.cache.close();
+    if (this.#ownsCache) this.cache.close();
   }
 }

@@ -142,6 +142,17 @@ before(async () => {
     const imp = await kiln(['images', 'import', layout, '--name', 'busybox:latest', '--unpack'], {}, r);
     assert.equal(imp.code, 0, imp.stderr);
   }
+  const other = await kiln([
+    '-n',
+    'other',
+    'images',
+    'import',
+    layout,
+    '--name',
+    'busybox:latest',
+    '--unpack',
+  ]);
+  assert.equal(other.code, 0, other.stderr);
   daemon = await startDaemon();
 });
 
@@ -215,6 +226,30 @@ describe('kilnd', () => {
     });
     assert.equal(quiet.code, 0, quiet.stderr);
     assert.equal(quiet.stdout.trim(), iid);
+  });
+
+  test("builds share the daemon's cache index per namespace: a repeat is cached, another namespace is not", async () => {
+    const dir = await context('cached', {
+      Dockerfile: 'FROM busybox\nRUN echo RAN-ONCE && date > /ran.txt\nCOPY a.txt /a.txt\n',
+      'a.txt': 'cached\n',
+    });
+    const build = (ns: string) =>
+      kiln(['--host', address, '-n', ns, 'build', '--progress', 'plain', '-t', 'cached:1', dir]);
+    const ran = (r: Run) => /^#\d+ [\d.]+ RAN-ONCE$/m.test(r.stderr);
+    const first = await build('default');
+    assert.equal(first.code, 0, first.stderr);
+    assert.ok(ran(first), first.stderr);
+    const again = await build('default');
+    assert.equal(again.code, 0, again.stderr);
+    assert.ok(!ran(again), again.stderr);
+    assert.match(again.stderr, /RUN echo RAN-ONCE && date > \/ran\.txt\n#\d+ CACHED/);
+    // The other namespace's snapshots are not this one's: the same step runs there, once.
+    const other = await build('other');
+    assert.equal(other.code, 0, other.stderr);
+    assert.ok(ran(other), other.stderr);
+    const otherAgain = await build('other');
+    assert.equal(otherAgain.code, 0, otherAgain.stderr);
+    assert.ok(!ran(otherAgain), otherAgain.stderr);
   });
 
   test('the same socket serves gRPC over HTTP/2 (Connect client library) and the full CLI entry', async () => {
