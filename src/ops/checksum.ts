@@ -25,7 +25,7 @@
  * selector, since committed snapshots never change.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, readFileSync, readlinkSync } from 'node:fs';
+import { closeSync, openSync, readSync, readlinkSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Digest } from '../core/digest.ts';
@@ -59,16 +59,45 @@ export interface FileHashCache {
 /** Files up to this size are hashed from one synchronous read (a stream costs more than the read). */
 const SMALL_FILE = 64 << 10;
 
+/** The small-file read buffer: only used between an open and a close with no await between them. */
+const smallBuf = Buffer.allocUnsafe(SMALL_FILE);
+const READ_CHUNK = 1 << 20;
+
 export async function hashFile(file: string, signal?: AbortSignal, size?: number): Promise<string> {
-  if (size !== undefined && size <= SMALL_FILE) {
-    const data = readFileSync(file);
-    // A file that grew past the limit since its lstat is read whole anyway (still correct).
-    return createHash('sha256').update(data).digest('hex');
-  }
   const h = createHash('sha256');
-  // 1 MiB reads: a 50 MB file hashes in half the time of the default 64 KiB (one thread-pool trip each).
-  for await (const chunk of createReadStream(file, { signal, highWaterMark: 1 << 20 }))
-    h.update(chunk as Buffer);
+  if (size !== undefined && size <= SMALL_FILE) {
+    // One synchronous read into a shared buffer: a context of 20,000 files leaves no garbage behind.
+    const fd = openSync(file, 'r');
+    try {
+      let n = 0;
+      for (;;) {
+        const got = readSync(fd, smallBuf, 0, SMALL_FILE, n);
+        if (got === 0) break;
+        h.update(smallBuf.subarray(0, got));
+        n += got;
+      }
+    } finally {
+      closeSync(fd);
+    }
+    return h.digest('hex');
+  }
+  // 1 MiB reads (a 50 MB file hashes in half the time of 64 KiB ones: one thread-pool trip each),
+  // into one buffer per file: the hash copies what it is given, so the buffer is free again at once,
+  // and three 50 MB files leave 3 MiB of garbage instead of 150.
+  const fh = await fs.open(file, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(READ_CHUNK);
+    let pos = 0;
+    for (;;) {
+      signal?.throwIfAborted();
+      const { bytesRead } = await fh.read(buf, 0, READ_CHUNK, pos);
+      if (bytesRead === 0) break;
+      h.update(buf.subarray(0, bytesRead));
+      pos += bytesRead;
+    }
+  } finally {
+    await fh.close();
+  }
   return h.digest('hex');
 }
 
