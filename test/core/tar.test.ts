@@ -6,7 +6,14 @@ import * as fs from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { encodeHeader, packTar, readTar, type TarEntry, type TarHeader } from '../../src/core/archive/tar.ts';
+import {
+  encodeHeader,
+  packTar,
+  readTar,
+  type TarEntry,
+  type TarHeader,
+  TarWriter,
+} from '../../src/core/archive/tar.ts';
 import { isKilnError } from '../../src/core/errors.ts';
 import { native } from '../../src/core/native/index.ts';
 
@@ -184,6 +191,63 @@ void describe('tar writer', () => {
       assert.deepEqual(g.header.xattrs, w.header.xattrs);
       assert.deepEqual(g.data, Buffer.from(w.body ?? new Uint8Array(0)));
     }
+  });
+
+  void it('copyAll with recycled buffers: the same bytes; the sink gets only buffers from take, bodies may refill theirs', async () => {
+    const size = 4096;
+    const sizes = [0, 1, 511, 512, 1000, 1024, 4095, 4096, 4097, 9000, 3 * 4096, 20_000];
+    const files = sizes.map((n, i) => {
+      const body = Buffer.alloc(n);
+      for (let j = 0; j < n; j++) body[j] = (i * 31 + j * 7) & 0xff;
+      return { name: `f${i}`, body };
+    });
+    const header = (name: string, n: number): TarHeader => ({
+      name,
+      type: 'file',
+      mode: 0o644,
+      uid: 0,
+      gid: 0,
+      size: n,
+      mtime: 1_700_000_000,
+    });
+    const plain = await collect(
+      packTar(
+        files.map((f) => ({ header: header(f.name, f.body.length), body: f.body })),
+        { bufferSize: size },
+      ),
+    );
+    const pool: Uint8Array[] = [];
+    const given = new Set<ArrayBufferLike>();
+    const out: Buffer[] = [];
+    const tw = new TarWriter(
+      (c) => {
+        assert.ok(given.has(c.buffer), 'a chunk of a packing buffer from take');
+        out.push(Buffer.from(c));
+        pool.push(new Uint8Array(c.buffer)); // done with it: back to the pool
+      },
+      {
+        bufferSize: size,
+        copyAll: true,
+        take: () => {
+          const b = pool.pop() ?? new Uint8Array(size);
+          given.add(b.buffer);
+          return b;
+        },
+      },
+    );
+    // Each body arrives in pieces of one reused buffer, refilled as soon as the writer asks for more.
+    const scratch = Buffer.alloc(5000);
+    async function* pieces(body: Buffer): AsyncGenerator<Uint8Array> {
+      for (let off = 0; off < body.length; off += scratch.length) {
+        const n = body.copy(scratch, 0, off, Math.min(off + scratch.length, body.length));
+        yield scratch.subarray(0, n);
+        scratch.fill(0xee);
+      }
+    }
+    for (const f of files) await tw.add(header(f.name, f.body.length), pieces(f.body));
+    await tw.finish();
+    assert.ok(Buffer.concat(out).equals(plain));
+    assert.ok(given.size < 4, `${given.size} packing buffers for ${plain.length} bytes`);
   });
 
   void it('is listed and extracted by GNU tar with the same metadata and binary xattrs', async () => {

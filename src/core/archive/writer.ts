@@ -6,6 +6,13 @@
  * by the writer, so the sink may keep them. The sink's promise provides
  * back-pressure. A body that does not match the header's size throws
  * InvalidArgument. Output is deterministic for a given sequence of entries.
+ *
+ * With `copyAll`, body chunks are always copied into the packing buffers
+ * (a body may refill a chunk's buffer once the writer asks for the next
+ * chunk), and the packing buffers come from `take` (default: new ones): a
+ * sink that is done with a chunk may give its buffer back to whatever
+ * `take` draws from, so a layer of any size needs a few buffers, not one per
+ * MiB (../diff/layer.ts).
  */
 import { errInvalidArgument } from '../errors.ts';
 import { type EncodeOptions, END_OF_ARCHIVE, encodeHeader, paddingFor, type TarHeader } from './header.ts';
@@ -15,6 +22,10 @@ export type TarSink = (chunk: Uint8Array) => void | Promise<void>;
 export interface TarWriterOptions extends EncodeOptions {
   /** Size of the packing buffer (default 1 MiB). */
   bufferSize?: number;
+  /** Copy every body chunk; never hand the sink a caller's buffer (see the module comment). */
+  copyAll?: boolean;
+  /** A fresh packing buffer of `bufferSize` bytes (default: a new one). */
+  take?: () => Uint8Array;
 }
 
 const ZEROS = new Uint8Array(512);
@@ -23,6 +34,8 @@ export class TarWriter {
   readonly #sink: TarSink;
   readonly #options: EncodeOptions;
   readonly #bufferSize: number;
+  readonly #copyAll: boolean;
+  readonly #take: () => Uint8Array;
   #buf: Uint8Array;
   #used = 0;
   #finished = false;
@@ -32,28 +45,45 @@ export class TarWriter {
   constructor(sink: TarSink, options: TarWriterOptions = {}) {
     this.#sink = sink;
     this.#options = { subsecond: options.subsecond ?? false };
-    this.#bufferSize = options.bufferSize ?? 1 << 20;
-    this.#buf = new Uint8Array(this.#bufferSize);
+    const size = options.bufferSize ?? 1 << 20;
+    this.#bufferSize = size;
+    this.#copyAll = options.copyAll ?? false;
+    this.#take = options.take ?? (() => new Uint8Array(size));
+    this.#buf = this.#take();
+    if (this.#buf.length !== size) {
+      throw errInvalidArgument(`tar writer: a packing buffer has ${this.#buf.length} bytes, want ${size}`);
+    }
   }
 
   async #flush(): Promise<void> {
     if (this.#used === 0) return;
     const out = this.#buf.subarray(0, this.#used);
-    this.#buf = new Uint8Array(this.#bufferSize);
+    this.#buf = this.#take();
     this.#used = 0;
     await this.#sink(out);
   }
 
   async #put(bytes: Uint8Array): Promise<void> {
     this.size += bytes.length;
-    if (bytes.length >= this.#bufferSize / 4) {
+    if (!this.#copyAll && bytes.length >= this.#bufferSize / 4) {
       await this.#flush();
       await this.#sink(bytes);
       return;
     }
-    if (this.#used + bytes.length > this.#bufferSize) await this.#flush();
-    this.#buf.set(bytes, this.#used);
-    this.#used += bytes.length;
+    if (bytes.length <= this.#bufferSize) {
+      if (this.#used + bytes.length > this.#bufferSize) await this.#flush();
+      this.#buf.set(bytes, this.#used);
+      this.#used += bytes.length;
+      return;
+    }
+    // Larger than a packing buffer (copyAll): fill buffer after buffer.
+    for (let off = 0; off < bytes.length; ) {
+      if (this.#used === this.#bufferSize) await this.#flush();
+      const n = Math.min(this.#bufferSize - this.#used, bytes.length - off);
+      this.#buf.set(bytes.subarray(off, off + n), this.#used);
+      this.#used += n;
+      off += n;
+    }
   }
 
   /**

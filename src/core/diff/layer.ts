@@ -71,6 +71,10 @@ const PREFETCH_BYTES = 16 << 20;
 const PREFETCH_ITEMS = 512;
 const READ_CHUNK = 1 << 20;
 const BLOCK = 4 << 20;
+/** The tar writer's packing buffers (its default size). */
+const TAR_BUFFER = 1 << 20;
+/** Packing buffers kept for reuse: the tar queue's depth and two more. */
+const SPARE_MAX = 10;
 
 interface Item {
   entry: LayerEntry;
@@ -99,14 +103,27 @@ function readWhole(source: string, size: number, name: string): Uint8Array {
   }
 }
 
-async function* readStream(source: string, size: number, name: string): AsyncGenerator<Uint8Array> {
+/**
+ * A file's bytes in READ_CHUNK pieces, one read ahead. With `reuse`, two
+ * buffers take turns: a chunk is overwritten by the read after next, so the
+ * consumer must be done with it when it asks for the next one (a TarWriter
+ * with `copyAll`).
+ */
+async function* readStream(
+  source: string,
+  size: number,
+  name: string,
+  reuse = false,
+): AsyncGenerator<Uint8Array> {
   const fh = await open(source, 'r');
   try {
     let pos = 0;
+    const pair = reuse ? [Buffer.allocUnsafe(READ_CHUNK), Buffer.allocUnsafe(READ_CHUNK)] : undefined;
+    let turn = 0;
     // One read ahead while the previous chunk is being written.
     const readAt = async (at: number): Promise<Buffer> => {
       const n = Math.min(READ_CHUNK, size - at);
-      const buf = Buffer.allocUnsafe(n);
+      const buf = pair ? pair[turn++ % 2]!.subarray(0, n) : Buffer.allocUnsafe(n);
       let got = 0;
       while (got < n) {
         const { bytesRead } = await fh.read(buf, got, n - got, at + got);
@@ -229,15 +246,24 @@ export async function writeLayer(
       throw err;
     },
   );
+  // Uncompressed, a chunk is done with once the store's writer has written it: its buffer goes
+  // back to `spare`, and a layer of any size uses a few MiB of buffers instead of leaving its whole
+  // size to the garbage collector (a 230 MB context's layer: ~65 MB of peak RSS).
+  // Compressors may hold chunks after they return, so they get new ones.
+  const spare: Uint8Array[] = [];
+  const pooled = !makeCompressor;
   const tarTask = (async () => {
-    const tw = new TarWriter((c) => tarOut.push(c), { subsecond: options.subsecond ?? false });
+    const tw = new TarWriter((c) => tarOut.push(c), {
+      subsecond: options.subsecond ?? false,
+      ...(pooled ? { copyAll: true, take: () => spare.pop() ?? new Uint8Array(TAR_BUFFER) } : {}),
+    });
     for (;;) {
       const item = await entries.shift();
       if (!item) break;
       const { header, source } = item.entry;
       if (item.data) await tw.add(header, item.data);
       else if (source && header.type === 'file' && header.size > 0) {
-        await tw.add(header, readStream(source, header.size, header.name));
+        await tw.add(header, readStream(source, header.size, header.name, pooled));
       } else await tw.add(header);
     }
     await tw.finish();
@@ -259,7 +285,12 @@ export async function writeLayer(
   }
 
   const sink = async (source: AsyncIterable<Uint8Array>): Promise<void> => {
-    for await (const c of source) await w.write(c);
+    for await (const c of source) {
+      await w.write(c);
+      // A whole packing buffer (the tar writer's, pooled above) is free again.
+      if (pooled && c.byteOffset === 0 && c.buffer.byteLength === TAR_BUFFER && spare.length < SPARE_MAX)
+        spare.push(new Uint8Array(c.buffer));
+    }
   };
   let committed = false;
   try {
