@@ -59,6 +59,7 @@ import { withTempMount } from '../core/mount/mount.ts';
 import type { RemoteOptions } from '../core/remotes/transport.ts';
 import { chainFromBuild } from './chain.ts';
 import type { BuiltImage } from './image.ts';
+import { exportLease } from './layers.ts';
 
 export type ExporterName = 'image' | 'registry' | 'oci' | 'docker' | 'local' | 'tar';
 
@@ -336,7 +337,7 @@ function storeExporter(name: 'image' | 'registry'): Exporter {
 /** Mounts a read-only view of the result and runs `fn` on its directory (an empty one for scratch). */
 async function withResultTree<T>(source: ExportSource, fn: (dir: string) => Promise<T>): Promise<T> {
   const { core } = source;
-  const lease = core.leases.create({ ttlMs: 3_600_000, labels: { 'kiln.dev/purpose': 'export' } }).id;
+  const lease = exportLease(core);
   const sn = (await core.snapshotter(source.snapshotter)).withLease(lease);
   const key = `export-view-${randomBytes(6).toString('hex')}`;
   try {

@@ -48,7 +48,7 @@ import {
   MediaType,
 } from '../core/images/types.ts';
 import type { Core, SnapshotterName } from '../core/metadata/index.ts';
-import { type SnapshotLayer, snapshotLayers } from './layers.ts';
+import { exportLease, type SnapshotLayer, snapshotLayers } from './layers.ts';
 
 export const LABEL_GC_REF_CONTENT = 'containerd.io/gc.ref.content';
 const DOCKER_LAYER_TAR = 'application/vnd.docker.image.rootfs.diff.tar';
@@ -220,8 +220,7 @@ export async function buildImage(core: Core, opts: BuildImageOptions): Promise<B
     throw errInvalidArgument(`build image: SOURCE_DATE_EPOCH "${String(sde)}" is not a non-negative integer`);
   }
   const snapshotter = opts.snapshotter ?? core.defaultSnapshotter;
-  const lease =
-    opts.lease ?? core.leases.create({ ttlMs: 3_600_000, labels: { 'kiln.dev/purpose': 'export' } }).id;
+  const lease = opts.lease ?? exportLease(core);
   const store = core.content.withLease(lease);
   const all =
     opts.snapshot === undefined

@@ -34,7 +34,7 @@ import type { Core, SnapshotterName } from '../core/metadata/index.ts';
 import type { RemoteOptions } from '../core/remotes/transport.ts';
 import { type ExporterName, type ExportResult, type ExportSource, getExporter } from './exporters.ts';
 import { type BuiltImage, buildImage } from './image.ts';
-import type { LayerOptions, SnapshotLayer } from './layers.ts';
+import { exportLease, type LayerOptions, type SnapshotLayer } from './layers.ts';
 
 export {
   type Exporter,
@@ -271,7 +271,7 @@ export interface ExportResultOptions {
 
 /** Exports a build result to every output (see the module comment). */
 export async function exportResult(core: Core, options: ExportResultOptions): Promise<ExportResult[]> {
-  const lease = core.leases.create({ ttlMs: 3_600_000, labels: { 'kiln.dev/purpose': 'export' } }).id;
+  const lease = exportLease(core);
   const snapshotter = options.snapshotter ?? core.defaultSnapshotter;
   const built = new Map<string, Promise<BuiltImage>>();
   const sde = options.sourceDateEpoch;

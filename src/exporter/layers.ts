@@ -324,6 +324,11 @@ async function computeLayer(
   }
 }
 
+/** A temporary lease (1 h) holding an export's views and blobs until it deletes it. */
+export function exportLease(core: Core): string {
+  return core.leases.create({ ttlMs: 3_600_000, labels: { 'kiln.dev/purpose': 'export' } }).id;
+}
+
 /** Throws for options no export can use. */
 function checkOptions(name: string, opts: LayerOptions): void {
   const compression = opts.compression ?? 'gzip';
@@ -399,7 +404,7 @@ export function prepareLayer(core: Core, name: string, opts: LayerOptions = {}):
   const running = preparing.get(key);
   if (running) return running;
   const work = (async () => {
-    const lease = core.leases.create({ ttlMs: 3_600_000, labels: { 'kiln.dev/purpose': 'export' } }).id;
+    const lease = exportLease(core);
     try {
       const base = await core.snapshotter(opts.snapshotter);
       const info = await base.stat(name);
@@ -426,8 +431,7 @@ export async function snapshotLayers(
   // Taken before the chain's labels are read: one that settles in between is still waited for.
   const ahead = new Map(preparing);
   const temporary = opts.lease === undefined;
-  const lease =
-    opts.lease ?? core.leases.create({ ttlMs: 3_600_000, labels: { 'kiln.dev/purpose': 'export' } }).id;
+  const lease = opts.lease ?? exportLease(core);
   try {
     const base = await core.snapshotter(opts.snapshotter);
     const sn = base.withLease(lease);
