@@ -26,7 +26,7 @@ after(async () => {
 });
 
 let n = 0;
-async function setup(parallelism = 4): Promise<{
+async function setup(parallelism: number | 'default' = 4): Promise<{
   root: string;
   ops: TestOps;
   store: DirStore;
@@ -42,7 +42,7 @@ async function setup(parallelism = 4): Promise<{
     resolveOp: ops.resolve,
     cache,
     loadResult: (id) => store.load(id),
-    parallelism,
+    ...(parallelism === 'default' ? {} : { parallelism }),
   });
   return { root, ops, store, cache, solver };
 }
@@ -118,6 +118,20 @@ describe('solver', { timeout: 60_000 }, () => {
     const [a0, a1] = interval(ch.events(), a);
     const [b0, b1] = interval(ch.events(), b);
     assert.ok(a1 <= b0 || b1 <= a0, 'two execs ran at once with parallelism 1');
+  });
+
+  it('runs more independent ops at once than there are CPUs by default (BuildKit sets no limit)', async () => {
+    const { solver } = await setup('default');
+    // One more than the CPUs, each sleeping long enough that a queued one would start after the others ended.
+    const count = os.availableParallelism() + 1;
+    const parts = Array.from({ length: count }, (_, i) => run(`RUN p${i}`, `sleep 0.3; echo ${i} > p${i}`));
+    const all = run('RUN all', `cat ${parts.map((_, i) => `p${i}`).join(' ')} > all`, parts);
+    const ch = new ProgressChannel();
+    await solveAndRead(solver, all, 'all', ch);
+    const spans = parts.map((p) => interval(ch.events(), p));
+    const lastStart = Math.max(...spans.map(([s]) => s));
+    const firstEnd = Math.min(...spans.map(([, e]) => e));
+    assert.ok(lastStart < firstEnd, `the ${count} ops did not all run at once: ${JSON.stringify(spans)}`);
   });
 
   it('solves a second time from the SQLite cache index with no exec, across Solver instances', async () => {
