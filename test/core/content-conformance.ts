@@ -150,6 +150,23 @@ export function runContentStoreConformance(name: string, makeStore: () => Promis
       await assert.rejects(store.update({ digest: d, labels: { a: 'b' } }), code('NotFound'));
     });
 
+    void it('reads whole blobs with readBlob, each caller getting its own copy', async (t) => {
+      if (!store.readBlob) {
+        t.skip('this store has no readBlob');
+        return;
+      }
+      const data = bytes(5000, 7);
+      const d = await put(store, 'whole', data);
+      const first = await store.readBlob(d, 1 << 20);
+      assert.deepEqual(Buffer.from(first), Buffer.from(data));
+      first.fill(0);
+      assert.deepEqual(Buffer.from(await store.readBlob(d, 1 << 20)), Buffer.from(data));
+      await assert.rejects(store.readBlob(d, 4999), code('ResourceExhausted'));
+      await assert.rejects(store.readBlob(sha256('never written'), 100), code('NotFound'));
+      await store.delete(d);
+      await assert.rejects(store.readBlob(d, 1 << 20), code('NotFound'));
+    });
+
     void it('keeps labels given at commit and updates them', async () => {
       const d = await put(store, 'lab', enc.encode('labelled'), { a: '1', b: '2' });
       assert.deepEqual((await store.info(d)).labels, { a: '1', b: '2' });

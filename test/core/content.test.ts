@@ -8,14 +8,14 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { once } from 'node:events';
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { ingestStream, LocalContentStore } from '../../src/core/content/store.ts';
-import { sha256 } from '../../src/core/digest.ts';
+import { type Digest, sha256 } from '../../src/core/digest.ts';
 import { isKilnError } from '../../src/core/errors.ts';
 import { runContentStoreConformance } from './content-conformance.ts';
 import { pseudoRandom, pseudoRandomDigest } from './fixtures/content-source.ts';
@@ -124,6 +124,39 @@ void describe('LocalContentStore on disk', () => {
     children.push(c);
     return c;
   };
+
+  void it('readBlob checks the bytes on disk, then keeps the last 4 MiB of small blobs it read', async () => {
+    const { root, store } = await fresh();
+    const blobPath = (d: Digest) => join(root, 'blobs', 'sha256', d.slice('sha256:'.length));
+    const corrupt = async (d: Digest) => {
+      await chmod(blobPath(d), 0o644);
+      const b = await readFile(blobPath(d));
+      b[0] = b[0]! ^ 0xff;
+      await writeFile(blobPath(d), b);
+    };
+    const put = async (ref: string, data: Uint8Array) => {
+      const w = await store.writer({ ref });
+      await w.write(data);
+      return w.commit();
+    };
+    // Never read: the damaged bytes on disk are refused.
+    const damaged = await put('damaged', Buffer.alloc(1000, 1));
+    await corrupt(damaged);
+    await assert.rejects(store.readBlob(damaged, 1 << 20), (e) => isKilnError(e, 'DataLoss'));
+    // Read once: the verified copy answers from then on (content never changes under its digest).
+    const kept = await put('kept', Buffer.alloc(1000, 2));
+    await store.readBlob(kept, 1 << 20);
+    await corrupt(kept);
+    assert.deepEqual(Buffer.from(await store.readBlob(kept, 1 << 20)), Buffer.alloc(1000, 2));
+    // 20 blobs of 250 KiB read after it push it out of the 4 MiB: the disk is read again.
+    const many: Digest[] = [];
+    for (let i = 0; i < 20; i++) many.push(await put(`many-${i}`, Buffer.alloc(250 << 10, 10 + i)));
+    for (const d of many) await store.readBlob(d, 1 << 20);
+    await assert.rejects(store.readBlob(kept, 1 << 20), (e) => isKilnError(e, 'DataLoss'));
+    // The most recent ones are still kept.
+    await corrupt(many[19]!);
+    assert.deepEqual(Buffer.from(await store.readBlob(many[19]!, 1 << 20)), Buffer.alloc(250 << 10, 29));
+  });
 
   void it('lays out ingests and blobs like containerd', async () => {
     const { root, store } = await fresh();

@@ -279,6 +279,14 @@ void describe('namespaced content', () => {
     assert.equal(files.filter((f) => f === d.slice(7)).length, 1);
   });
 
+  void it('reads a whole blob only where the namespace records it, also once it is kept in memory', async () => {
+    const d = await put(core.content, 'ref-mem', 'read by a');
+    assert.equal(Buffer.from(await core.content.readBlob!(d, 100)).toString(), 'read by a');
+    await assert.rejects(other.content.readBlob!(d, 100), code('NotFound', /namespace "ns-b"/));
+    await core.content.delete(d);
+    await assert.rejects(core.content.readBlob!(d, 100), code('NotFound', /namespace "ns-a"/));
+  });
+
   void it('needs the bytes to add a blob another namespace has, and verifies them', async () => {
     const d = await put(core.content, 'ref-2', 'only in a');
     const w = await other.content.writer({ ref: 'copy', expected: d });

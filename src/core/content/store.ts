@@ -81,6 +81,14 @@ import type {
 
 /** Chunk size of read() streams and of the re-hash on resume. */
 const READ_CHUNK = 1 << 20;
+/**
+ * readBlob's memory: blobs up to SMALL_BLOB bytes (manifests and configs are
+ * a few KiB), the most recently used first out of SMALL_TOTAL bytes. A build
+ * reads each base image's manifest and config several times (resolve,
+ * stages, unpack check, export), and kilnd reads them on every build.
+ */
+const SMALL_BLOB = 256 << 10;
+const SMALL_TOTAL = 4 << 20;
 const REHASH_CHUNK = 4 << 20;
 const HEX64 = /^[a-f0-9]{64}$/;
 const TRASH_PREFIX = '.trash-';
@@ -89,6 +97,9 @@ export class LocalContentStore implements ContentStore {
   readonly root: string;
   /** Per-blob promise chains serialising label updates within this process. */
   readonly #labelQueue = new Map<string, Promise<unknown>>();
+  /** readBlob's verified small blobs, least recently used first (Map order). */
+  readonly #small = new Map<Digest, Uint8Array>();
+  #smallBytes = 0;
 
   constructor(root: string) {
     this.root = root;
@@ -189,6 +200,7 @@ export class LocalContentStore implements ContentStore {
 
   async delete(digest: Digest): Promise<void> {
     const hex = this.#hex(digest, 'delete content');
+    this.#forget(digest);
     try {
       await unlink(join(this.#blobDir, hex));
     } catch (err) {
@@ -206,6 +218,51 @@ export class LocalContentStore implements ContentStore {
       if (isErrno(err, 'ENOENT')) throw errNotFound(`${action}: content "${digest}" not found`, err);
       throw wrap(err, `${action} "${digest}"`);
     }
+  }
+
+  async readBlob(digest: Digest, maxSize: number): Promise<Uint8Array> {
+    const kept = this.#small.get(digest);
+    if (kept && kept.length <= maxSize) {
+      this.#small.delete(digest);
+      this.#small.set(digest, kept);
+      return Buffer.from(kept);
+    }
+    const fh = await this.#openBlob(digest, 'read content');
+    let bytes: Buffer;
+    try {
+      const { size } = await fh.stat();
+      if (size > maxSize) {
+        throw new KilnError(
+          'ResourceExhausted',
+          `read of content "${digest}": size ${size} is over the limit of ${maxSize} bytes`,
+        );
+      }
+      bytes = Buffer.allocUnsafe(size);
+      const got = await readFully(fh, bytes, 0);
+      if (got !== size)
+        throw errDataLoss(`read of content "${digest}": blob ended at ${got} of ${size} bytes`);
+    } finally {
+      await fh.close();
+    }
+    if (sha256(bytes) !== digest) {
+      throw errDataLoss(`read of content "${digest}": stored bytes do not match the digest`);
+    }
+    if (bytes.length <= SMALL_BLOB) {
+      this.#small.set(digest, Buffer.from(bytes));
+      this.#smallBytes += bytes.length;
+      for (const [d] of this.#small) {
+        if (this.#smallBytes <= SMALL_TOTAL) break;
+        this.#forget(d);
+      }
+    }
+    return bytes;
+  }
+
+  #forget(digest: Digest): void {
+    const kept = this.#small.get(digest);
+    if (!kept) return;
+    this.#small.delete(digest);
+    this.#smallBytes -= kept.length;
   }
 
   async readerAt(digest: Digest): Promise<ReaderAt> {

@@ -94,6 +94,16 @@ export interface ContentStore {
   readerAt(digest: Digest): Promise<ReaderAt>;
   /** Streams the blob, or the byte range [start, end) of it. */
   read(digest: Digest, range?: { start?: number; end?: number }): AsyncIterable<Uint8Array>;
+  /**
+   * Reads a whole blob of at most `maxSize` bytes (a manifest, index or
+   * config) and checks it against its digest: NotFound when absent,
+   * ResourceExhausted when larger, DataLoss when the bytes do not match. The
+   * result is the caller's own copy. A store may serve it from memory
+   * (content never changes under its digest), so a blob another process
+   * deleted since may still be returned: existence is `info`'s answer.
+   * Optional: without it, readers stream with `read` and hash themselves.
+   */
+  readBlob?(digest: Digest, maxSize: number): Promise<Uint8Array>;
 
   /**
    * Opens a writer for `ref`. Throws Unavailable ("ref … is in use") if

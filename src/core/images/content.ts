@@ -8,6 +8,7 @@
  * Not part of the public entry (./index.ts).
  */
 import type { ContentStore, Labels } from '../content/types.ts';
+import { readWholeBlob } from '../content/whole.ts';
 import { type Digest, sha256 } from '../digest.ts';
 import { errFailedPrecondition, errInvalidArgument, isKilnError, KilnError } from '../errors.ts';
 import {
@@ -61,24 +62,34 @@ export async function readAll(store: Pick<ContentStore, 'read'>, digest: Digest)
   return Buffer.concat(parts);
 }
 
-/** Reads a manifest, index or config blob; refuses blobs over MAX_JSON_BLOB. */
+/**
+ * Reads a manifest, index or config blob, checked against its digest;
+ * refuses blobs over MAX_JSON_BLOB. Through the store's readBlob, so a
+ * process reading the same manifest again (every build, in kilnd) gets it
+ * from memory.
+ */
 export async function readJsonBlob(store: ContentStore, desc: Descriptor, what: string): Promise<Uint8Array> {
   if (desc.size > MAX_JSON_BLOB) {
     throw new KilnError('ResourceExhausted', `read ${what} ${desc.digest}: size ${desc.size} is too large`);
   }
-  let bytes: Uint8Array;
   try {
-    bytes = await readAll(store, desc.digest);
+    return await readWholeBlob(store, desc.digest, MAX_JSON_BLOB);
   } catch (err) {
     if (isKilnError(err, 'NotFound')) {
       throw errFailedPrecondition(`read ${what} ${desc.digest}: content not found in the store`, err);
     }
+    if (isKilnError(err, 'ResourceExhausted')) {
+      throw new KilnError('ResourceExhausted', `read ${what} ${desc.digest}: the blob is too large`, {
+        cause: err,
+      });
+    }
+    if (isKilnError(err, 'DataLoss')) {
+      throw new KilnError('DataLoss', `read ${what} ${desc.digest}: stored bytes do not match the digest`, {
+        cause: err,
+      });
+    }
     throw err;
   }
-  if (sha256(bytes) !== desc.digest) {
-    throw new KilnError('DataLoss', `read ${what} ${desc.digest}: stored bytes do not match the digest`);
-  }
-  return bytes;
 }
 
 /** Adds labels to an existing blob (values of `merge` keys are comma-joined sets). */

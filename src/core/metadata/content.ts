@@ -27,6 +27,7 @@ import type {
   WriterOptions,
 } from '../content/types.ts';
 import { compileFilters, fieldLookup } from '../content/filters.ts';
+import { readWholeBlob } from '../content/whole.ts';
 import type { Digest } from '../digest.ts';
 import {
   errAlreadyExists,
@@ -162,6 +163,12 @@ export class NamespacedContentStore implements ContentStore {
   async *read(digest: Digest, range?: { start?: number; end?: number }): AsyncIterable<Uint8Array> {
     this.#mustRow(digest, 'read');
     yield* this.#backend.read(digest, range);
+  }
+
+  async readBlob(digest: Digest, maxSize: number): Promise<Uint8Array> {
+    // The row, not the shared store's memory, says whether this namespace has the blob.
+    this.#mustRow(digest, 'read');
+    return readWholeBlob(this.#backend, digest, maxSize);
   }
 
   async writer(options: WriterOptions): Promise<Writer> {
