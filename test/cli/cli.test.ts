@@ -104,6 +104,16 @@ for (const mode of ['bin/kiln', 'start-up snapshot'] as const) {
       assert.equal(ok(['content', 'ls', '-q']), '');
     });
 
+    it('builds a Dockerfile (the snapshot was warmed up by converting another one)', () => {
+      const ctx = join(work, 'build-ctx');
+      mkdirSync(ctx, { recursive: true });
+      writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch\nARG NAME=a\nCOPY ${NAME} /in/${NAME}\n');
+      writeFileSync(join(ctx, 'a'), 'hello\n');
+      const out = join(work, 'build-out');
+      ok(['build', '--progress', 'plain', '--output', `type=local,dest=${out}`, ctx]);
+      assert.equal(readFileSync(join(out, 'in', 'a'), 'utf8'), 'hello\n');
+    });
+
     it('names the bad value in errors', () => {
       const r = kiln(['content', 'get', 'sha256:xyz']);
       assert.equal(r.status, 1);
