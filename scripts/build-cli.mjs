@@ -15,15 +15,15 @@
 // file (../../../build), and in the bundle "its own file" is a chunk here.
 // Plain JavaScript so it runs under any Node that npm happens to start.
 //
-// Then a V8 start-up snapshot of the CLI in build/cli/snap/ (src/cli/snapshot.ts
-// bundled as one CommonJS file, `node --build-snapshot` run on it with the
-// project's Node, which alone can load the blob): bin/kiln starts from it when
-// it is current, which saves the modules' loading and initialisation. The
-// snapshot holds absolute paths of this checkout (the native addon's), so
-// build/cli/snap/root records the checkout it was made for. A failure here
-// only costs start-up time: bin/kiln then runs the bundle.
+// Then V8 start-up snapshots in build/cli/snap/: of the CLI (src/cli/snapshot.ts, kiln.blob) and
+// of the thin client (src/cli/remote-snapshot.ts, remote.blob), each bundled as one CommonJS file
+// and `node --build-snapshot` run on it with the project's Node, which alone can load the blob.
+// bin/kiln starts from them when they are current, which saves the modules' loading and
+// initialisation. The snapshots hold absolute paths of this checkout (the native addon's), so
+// build/cli/snap/root records the checkout they were made for. A failure here only costs start-up
+// time: bin/kiln then runs the bundle.
 //
-// `--snapshot-to DIR` makes only the snapshot, in DIR (for tests: the blob
+// `--snapshot-to DIR` makes only the snapshots, in DIR (for tests: the blob
 // still finds the native addon of this checkout).
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, realpathSync, renameSync, rmSync, writeFileSync } from 'node:fs';
@@ -118,47 +118,59 @@ try {
   );
 }
 
-/** Makes the start-up snapshot in `dest` (replaced whole, or left as it was on failure). */
+/**
+ * Makes the start-up snapshots in `dest` (replaced whole, or left as it was on failure): kiln.blob
+ * of the CLI (src/cli/snapshot.ts) and remote.blob of the thin client (src/cli/remote-snapshot.ts).
+ */
 async function snapshot(dest) {
   const snapTmp = `${dest}.tmp-${process.pid}`;
   rmSync(snapTmp, { recursive: true, force: true });
   try {
-    await esbuild.build({
-      entryPoints: [join(root, 'src/cli/snapshot.ts')],
-      bundle: true,
-      format: 'cjs',
-      platform: 'node',
-      target: 'node24',
-      outfile: join(snapTmp, 'kiln.cjs'),
-      logLevel: 'warning',
-      plugins: [lazySqlite()],
-      // Modules find files relative to themselves (the native addon: ../../../build); the bundle
-      // lives three levels below the checkout, as the ESM chunks do.
-      // src/cli/main.ts runs itself only as the entry; here the snapshot's main function runs it.
-      define: {
-        'import.meta.url': JSON.stringify(pathToFileURL(join(snapOut, 'kiln.cjs')).href),
-        'import.meta.main': 'false',
-      },
-    });
-    // Without V8's code cache: the blob is then 6.6 MB instead of 12.5, and loading it is faster
-    // than compiling the functions a command runs (`kiln --version` 71 -> 57 ms, a no-change
-    // build 141 -> 140 ms, `kiln run --rm` 147 -> 136 ms).
-    const config = join(snapTmp, 'config.json');
-    writeFileSync(config, JSON.stringify({ builder: join(snapTmp, 'kiln.cjs'), withoutCodeCache: true }));
-    const r = spawnSync(
-      node,
-      ['--snapshot-blob', join(snapTmp, 'kiln.blob'), '--build-snapshot-config', config],
-      {
-        encoding: 'utf8',
-        env: { ...process.env, NODE_OPTIONS: '' },
-      },
-    );
-    if (r.status !== 0)
-      throw new Error(`node --build-snapshot failed (${r.status ?? r.signal}): ${r.stderr.slice(-2000)}`);
+    await blob(snapTmp, 'src/cli/snapshot.ts', 'kiln');
+    await blob(snapTmp, 'src/cli/remote-snapshot.ts', 'remote');
     writeFileSync(join(snapTmp, 'root'), `${root}\n`);
     rmSync(dest, { recursive: true, force: true });
     renameSync(snapTmp, dest);
   } finally {
     rmSync(snapTmp, { recursive: true, force: true });
   }
+}
+
+/** Bundles `entry` into `dir`/`name`.cjs and makes `dir`/`name`.blob from it. */
+async function blob(dir, entry, name) {
+  const cjs = join(dir, `${name}.cjs`);
+  await esbuild.build({
+    entryPoints: [join(root, entry)],
+    bundle: true,
+    format: 'cjs',
+    platform: 'node',
+    target: 'node24',
+    outfile: cjs,
+    logLevel: 'warning',
+    plugins: [lazySqlite()],
+    // Modules find files relative to themselves (the native addon: ../../../build); the bundle
+    // lives three levels below the checkout, as the ESM chunks do.
+    // The entries run themselves only as the entry; here the snapshot's main function runs them.
+    define: {
+      'import.meta.url': JSON.stringify(pathToFileURL(join(snapOut, `${name}.cjs`)).href),
+      'import.meta.main': 'false',
+    },
+  });
+  // Without V8's code cache: the CLI's blob is then 6.9 MB instead of 12.9, and loading it is
+  // faster than compiling the functions a command runs (`kiln --version` 44 against 50 ms; a
+  // no-change build gains ~5 ms with the cache).
+  const config = join(dir, `${name}.config.json`);
+  writeFileSync(config, JSON.stringify({ builder: cjs, withoutCodeCache: true }));
+  const r = spawnSync(
+    node,
+    ['--snapshot-blob', join(dir, `${name}.blob`), '--build-snapshot-config', config],
+    {
+      encoding: 'utf8',
+      env: { ...process.env, NODE_OPTIONS: '' },
+    },
+  );
+  if (r.status !== 0)
+    throw new Error(
+      `node --build-snapshot of ${entry} failed (${r.status ?? r.signal}): ${r.stderr.slice(-2000)}`,
+    );
 }

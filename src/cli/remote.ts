@@ -2,10 +2,10 @@
  * The thin entry of `kiln`: `kiln --host ADDR build …` (or KILN_HOST), which
  * bin/kiln starts instead of ./main.ts when the command is `build` and a
  * kilnd address is given. Same program, same options and output as the full
- * CLI (./program.ts, ./commands/build.ts), but it loads no engine code, no
- * start-up snapshot and no node:http2: the daemon does the work, and this
- * process starts, sends the request and prints the progress in ~40 ms
- * instead of the full CLI's ~150 (docs/performance.md).
+ * CLI (./program.ts, ./commands/build.ts), but it loads no engine code and no
+ * node:http2: the daemon does the work, and this process starts (from its
+ * own start-up snapshot, ./remote-snapshot.ts), sends the request and prints
+ * the progress in ~35 ms instead of the full CLI's ~100 (docs/performance.md).
  *
  * Any other command line is the full CLI's (bin/kiln decides; ./main.ts
  * handles `--host` the same way, only slower to start).

@@ -226,6 +226,34 @@ describe('kilnd', () => {
     });
     assert.equal(quiet.code, 0, quiet.stderr);
     assert.equal(quiet.stdout.trim(), iid);
+
+    // The same from the thin client's start-up snapshot made from the sources as they are now
+    // (bin/kiln above may have run the bundle or the sources instead).
+    const snap = path.join(base, 'snap');
+    const made = await run(process.execPath, [
+      path.join(repo, 'scripts/build-cli.mjs'),
+      '--snapshot-to',
+      snap,
+    ]);
+    assert.equal(made.code, 0, made.stderr);
+    const fromSnap = await run(
+      process.execPath,
+      [
+        '--snapshot-blob',
+        path.join(snap, 'remote.blob'),
+        'kiln',
+        '--host',
+        address,
+        'build',
+        '-q',
+        '-t',
+        'same:remote',
+        dir,
+      ],
+      { env },
+    );
+    assert.equal(fromSnap.code, 0, fromSnap.stderr);
+    assert.equal(fromSnap.stdout.trim(), iid);
   });
 
   test("builds share the daemon's cache index per namespace: a repeat is cached, another namespace is not", async () => {
