@@ -31,7 +31,7 @@ export function layerChain(graph: DefinitionGraph): Map<string, number> {
     let next: Input | undefined;
     if (op.case === 'exec') {
       const root = op.value.mounts.find((m) => m.output === index);
-      if (!root || root.dest !== '/') break;
+      if (root?.dest !== '/') break;
       next = root.input === undefined ? undefined : vertex.op.inputs[root.input];
     } else if (op.case === 'file') {
       const actions = op.value.actions;

@@ -107,7 +107,7 @@ for (const mode of ['bin/kiln', 'start-up snapshot'] as const) {
     it('builds a Dockerfile (the snapshot was warmed up by converting another one)', () => {
       const ctx = join(work, 'build-ctx');
       mkdirSync(ctx, { recursive: true });
-      writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch\nARG NAME=a\nCOPY ${NAME} /in/${NAME}\n');
+      writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch\nARG NAME=a\nCOPY $NAME /in/$NAME\n');
       writeFileSync(join(ctx, 'a'), 'hello\n');
       const out = join(work, 'build-out');
       ok(['build', '--progress', 'plain', '--output', `type=local,dest=${out}`, ctx]);

@@ -12,7 +12,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { native } from '../../src/core/native/index.ts';
-import { marshal, merge, mkdir, mkfile, rm, scratch, type State } from '../../src/llb/index.ts';
+import { marshal, merge, mkdir, rm, scratch, type State } from '../../src/llb/index.ts';
 import type { Result } from '../../src/solver/types.ts';
 import { type Fixture, makeFixture } from './fixture.ts';
 
