@@ -1,7 +1,13 @@
 /**
- * The persistent file hash cache of local sources (one file per op state
- * directory, `<stateDir>/local-checksums.bin`), a `FileHashCache` for
- * `checksumTree`.
+ * The persistent file hash cache of local sources, a `FileHashCache` for
+ * `checksumTree`: one file per local directory in an op state directory,
+ * `<stateDir>/local-checksums/<sha256 of the directory's path, 32 hex>.bin`,
+ * so a build loads, and after a change rewrites, only its own context's
+ * entries, not those of every project built on the same root. At most
+ * MAX_CACHE_FILES such files are kept: a save past that removes the least
+ * recently written (their contexts are only re-read when built again). The
+ * single file of every context before this (`<stateDir>/local-checksums.bin`)
+ * is removed at the first save.
  *
  * One entry per host path: the file's stamp (size, mtime and ctime in
  * seconds + nanoseconds, inode) and the sha256 of its content. A lookup
@@ -36,7 +42,7 @@
  * processes saving at once keep the last writer's entries (a lost entry only
  * costs a re-read). Paths cannot hold NUL (no host path can).
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { crc32 } from 'node:zlib';
@@ -45,6 +51,8 @@ import type { FileHashCache, FileStamp } from './checksum.ts';
 
 /** Paths kept before unused ones are dropped at save. */
 export const MAX_ENTRIES = 200_000;
+/** Cache files (local directories) kept in one state directory. */
+export const MAX_CACHE_FILES = 256;
 
 const MAGIC = Buffer.from('KILNHC\x01\x00', 'latin1');
 const HEADER = 16;
@@ -72,9 +80,18 @@ export class PersistentHashCache implements FileHashCache {
   #dirty = false;
   /** Number of saves that wrote the file (for tests and benchmarks). */
   writes = 0;
+  readonly #obsolete: readonly string[];
+  readonly #maxSiblings: number | undefined;
 
-  constructor(file: string) {
+  /**
+   * `obsolete`: files removed at every save that writes (an older layout's).
+   * `maxSiblings`: at most this many `*.bin` files are kept in the file's
+   * directory; a save past it removes the least recently written others.
+   */
+  constructor(file: string, opts: { obsolete?: readonly string[]; maxSiblings?: number } = {}) {
     this.file = file;
+    this.#obsolete = opts.obsolete ?? [];
+    this.#maxSiblings = opts.maxSiblings;
   }
 
   /** Loads the file; a missing or unusable file starts an empty cache (see the module comment). */
@@ -259,11 +276,28 @@ export class PersistentHashCache implements FileHashCache {
     this.#reorder(this.#paths.length > MAX_ENTRIES);
     await fs.mkdir(path.dirname(this.file), { recursive: true });
     await writeAtomic(this.file, this.#encode());
-    // The JSON file of the format before this one (same directory) is dead weight.
-    await fs.rm(path.join(path.dirname(this.file), 'local-checksums.json'), { force: true });
+    for (const f of this.#obsolete) await fs.rm(f, { force: true });
+    if (this.#maxSiblings !== undefined) await pruneSiblings(this.file, this.#maxSiblings);
     this.#dirty = false;
     this.writes++;
   }
+}
+
+/** Removes the least recently written `*.bin` files beside `file` (never it) past `max`. */
+async function pruneSiblings(file: string, max: number): Promise<void> {
+  const dir = path.dirname(file);
+  const names = (await fs.readdir(dir)).filter((n) => n.endsWith('.bin'));
+  if (names.length <= max) return;
+  const own = path.basename(file);
+  const dated: { name: string; mtimeMs: number }[] = [];
+  for (const name of names) {
+    if (name === own) continue;
+    const st = await fs.stat(path.join(dir, name)).catch(() => undefined);
+    if (st) dated.push({ name, mtimeMs: st.mtimeMs });
+  }
+  dated.sort((a, b) => a.mtimeMs - b.mtimeMs);
+  for (const { name } of dated.slice(0, names.length - max))
+    await fs.rm(path.join(dir, name), { force: true });
 }
 
 /** Temp file in the same directory, fsync, rename. */
@@ -286,12 +320,22 @@ async function writeAtomic(file: string, data: Buffer): Promise<void> {
 
 const caches = new Map<string, Promise<PersistentHashCache>>();
 
-/** The process-wide cache of a state directory, loaded once. */
-export function hashCacheFor(stateDir: string): Promise<PersistentHashCache> {
-  const file = path.join(stateDir, 'local-checksums.bin');
+/** Where the hashes of the files under local directory `dir` are kept in `stateDir`. */
+export function hashCacheFile(stateDir: string, dir: string): string {
+  const name = createHash('sha256').update(path.resolve(dir)).digest('hex').slice(0, 32);
+  return path.join(stateDir, 'local-checksums', `${name}.bin`);
+}
+
+/** The process-wide cache of local directory `dir` in a state directory, loaded once. */
+export function hashCacheFor(stateDir: string, dir: string): Promise<PersistentHashCache> {
+  const file = hashCacheFile(stateDir, dir);
   let p = caches.get(file);
   if (!p) {
-    const c = new PersistentHashCache(file);
+    const c = new PersistentHashCache(file, {
+      // The layouts before this one: one file of every directory, binary, and before it JSON.
+      obsolete: [path.join(stateDir, 'local-checksums.bin'), path.join(stateDir, 'local-checksums.json')],
+      maxSiblings: MAX_CACHE_FILES,
+    });
     p = c.load().then(() => c);
     caches.set(file, p);
     p.catch(() => caches.delete(file));

@@ -159,7 +159,7 @@ export class SourceOp implements Op {
     switch (this.scheme) {
       case 'local': {
         const spec = await localSpec(this.#env, this.rest, attrs);
-        const cache = await hashCacheFor(this.#env.stateDir);
+        const cache = await hashCacheFor(this.#env.stateDir, spec.dir);
         const sum = await checksumTree(spec.dir, '/', {
           cache,
           signal: ctx.signal,

@@ -15,7 +15,12 @@ import { type Core, openCore } from '../../src/core/metadata/index.ts';
 import { unmountAll } from '../../src/core/mount/mount.ts';
 import { copy, local, marshal, scratch } from '../../src/llb/index.ts';
 import { checksumTree, type FileStamp } from '../../src/ops/checksum.ts';
-import { hashCacheFor, PersistentHashCache } from '../../src/ops/hashcache.ts';
+import {
+  hashCacheFile,
+  hashCacheFor,
+  MAX_CACHE_FILES,
+  PersistentHashCache,
+} from '../../src/ops/hashcache.ts';
 import { OpSession, snapshotOf } from '../../src/ops/refs.ts';
 import type { ProgressEvent } from '../../src/solver/progress.ts';
 import { Worker } from '../../src/worker/worker.ts';
@@ -121,7 +126,7 @@ test('lookups in any order after a reload: in saved order, out of order, new pat
   assert.equal(e.get(names[30]!, stamp(30, 1, 1, 30)), undefined, 'the replaced stamp misses');
 });
 
-test('a corrupt, truncated or foreign file is ignored and replaced at the next save; the old JSON file goes', async () => {
+test('a corrupt, truncated or foreign file is ignored and replaced at the next save', async () => {
   const good = new PersistentHashCache(path.join(dir, 'good.bin'));
   good.set('/x', stamp(1, 2, 3, 4), H1);
   await good.save();
@@ -139,7 +144,6 @@ test('a corrupt, truncated or foreign file is ignored and replaced at the next s
     await fs.mkdir(sub);
     const file = path.join(sub, 'local-checksums.bin');
     await fs.writeFile(file, data);
-    await fs.writeFile(path.join(sub, 'local-checksums.json'), '{"v":2,"files":{}}');
     const c = new PersistentHashCache(file);
     await c.load();
     assert.equal(c.size, 0, name);
@@ -149,11 +153,6 @@ test('a corrupt, truncated or foreign file is ignored and replaced at the next s
     const again = new PersistentHashCache(file);
     await again.load();
     assert.equal(again.size, 0, name);
-    await assert.rejects(
-      fs.stat(path.join(sub, 'local-checksums.json')),
-      /ENOENT/,
-      'the old format file is removed',
-    );
   }
   const reread = new PersistentHashCache(good.file);
   await reread.load();
@@ -202,6 +201,49 @@ test('checksumTree of a tree larger than one hash piece is the digest of its doc
   assert.equal(await checksumTree(tree, '/'), sha256(lines.join('\n')));
 });
 
+test('one file per local directory: a build rewrites only its own; the old layout goes; at most MAX_CACHE_FILES stay', async () => {
+  const state = path.join(dir, 'per-dir-state');
+  await fs.mkdir(state, { recursive: true });
+  // The layouts before: one binary file of every directory, and the JSON one.
+  await fs.writeFile(path.join(state, 'local-checksums.bin'), 'old');
+  await fs.writeFile(path.join(state, 'local-checksums.json'), '{"v":2,"files":{}}');
+  const a = await hashCacheFor(state, path.join(dir, 'project-a'));
+  const b = await hashCacheFor(state, path.join(dir, 'project-b'));
+  assert.notEqual(a.file, b.file);
+  assert.equal(a.file, hashCacheFile(state, path.join(dir, 'project-a')));
+  a.set(path.join(dir, 'project-a', 'x'), stamp(1, 2, 3, 4), H1);
+  await a.save();
+  b.set(path.join(dir, 'project-b', 'y'), stamp(5, 6, 7, 8), H2);
+  await b.save();
+  for (const old of ['local-checksums.bin', 'local-checksums.json'])
+    await assert.rejects(fs.stat(path.join(state, old)), /ENOENT/, `${old} is removed`);
+  // A change in project b rewrites b's file only.
+  const aBefore = await fs.stat(a.file, { bigint: true });
+  b.set(path.join(dir, 'project-b', 'y'), stamp(5, 6, 7, 9), H1);
+  await b.save();
+  const aAfter = await fs.stat(a.file, { bigint: true });
+  assert.equal(aAfter.mtimeNs, aBefore.mtimeNs);
+  assert.equal(aAfter.ino, aBefore.ino);
+  const reloaded = new PersistentHashCache(b.file);
+  await reloaded.load();
+  assert.equal(reloaded.size, 1, "b's file holds b's entries only");
+  // Past MAX_CACHE_FILES, a save removes the least recently written files, never its own.
+  const filesDir = path.dirname(a.file);
+  for (let i = 0; i < MAX_CACHE_FILES; i++) {
+    const f = path.join(filesDir, `filler-${String(i).padStart(3, '0')}.bin`);
+    await fs.writeFile(f, '');
+    await fs.utimes(f, 1_000_000 + i, 1_000_000 + i);
+  }
+  await fs.utimes(a.file, 1, 1); // older than every filler
+  b.set(path.join(dir, 'project-b', 'z'), stamp(1, 1, 1, 1), H2);
+  await b.save();
+  const left = (await fs.readdir(filesDir)).filter((n) => n.endsWith('.bin'));
+  assert.equal(left.length, MAX_CACHE_FILES);
+  assert.ok(left.includes(path.basename(b.file)), 'the saved file stays');
+  assert.ok(!left.includes(path.basename(a.file)), 'the least recently written goes first');
+  assert.ok(!left.includes('filler-000.bin') && left.includes('filler-002.bin'));
+});
+
 test('through the worker: an unchanged context hits the cache before any copy and leaves the file alone', async () => {
   const root = path.join(dir, 'root');
   const ctx = path.join(dir, 'ctx');
@@ -237,9 +279,9 @@ test('through the worker: an unchanged context hits the cache before any copy an
     };
     const first = await solve();
     assert.equal(first.executed.length, 2, 'cold: the local source and the copy run');
-    const file = path.join(root, 'ops', 'local-checksums.bin');
+    const file = hashCacheFile(path.join(root, 'ops'), ctx);
     const st1 = await fs.stat(file, { bigint: true });
-    const cache = await hashCacheFor(path.join(root, 'ops'));
+    const cache = await hashCacheFor(path.join(root, 'ops'), ctx);
     const writes = cache.writes;
 
     const second = await solve();
