@@ -50,6 +50,12 @@ export function createContextFor(globals: () => Globals): CliContext {
     },
     core() {
       const g = globals();
+      if (!core && g.host) {
+        // kilnd serves builds only (so far): say where this command's work happens instead.
+        process.stderr.write(
+          `kiln: warning: --host (or KILN_HOST) ${g.host} applies to builds only; this command runs in this process on ${g.root}\n`,
+        );
+      }
       core ??= (async () => {
         // Temporary mounts live under the root; a killed earlier run may have left some.
         const mountDir = `${g.root}/mounts`;

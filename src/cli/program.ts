@@ -65,7 +65,7 @@ export function newProgram(): Command {
     )
     .option(
       '--host <address>',
-      'run builds on this kilnd, e.g. unix:///run/kiln/kilnd.sock (env KILN_HOST; default: in this process)',
+      'run builds on this kilnd, e.g. unix:///run/kiln/kilnd.sock (env KILN_HOST; default: in this process); other commands run in this process, with a warning',
       process.env.KILN_HOST || undefined,
     )
     .enablePositionalOptions()

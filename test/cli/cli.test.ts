@@ -114,6 +114,17 @@ for (const mode of ['bin/kiln', 'start-up snapshot'] as const) {
       assert.equal(readFileSync(join(out, 'in', 'a'), 'utf8'), 'hello\n');
     });
 
+    it('warns that --host applies to builds only when another command runs in this process', () => {
+      const r = kiln(['--host', 'unix:///nonexistent/kilnd.sock', 'images', 'ls']);
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(
+        r.stderr,
+        /warning: --host \(or KILN_HOST\) unix:\/\/\/nonexistent\/kilnd\.sock applies to builds only/,
+      );
+      assert.ok(r.stderr.includes(`runs in this process on ${root}`), r.stderr);
+      assert.equal(kiln(['images', 'ls']).stderr, '', 'no warning without --host');
+    });
+
     it('names the bad value in errors', () => {
       const r = kiln(['content', 'get', 'sha256:xyz']);
       assert.equal(r.status, 1);
