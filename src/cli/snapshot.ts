@@ -20,7 +20,7 @@
  * libraries set up on first use (protobuf-es builds its readers and field
  * tables per message type when a message is first decoded) is then in the
  * snapshot too. A no-change build of workload 1 (bench/build-suite) went
- * from 123 to 113 ms (medians of 21 alternating runs); `kiln --version` is
+ * from 126 to 113 ms (medians of 21 alternating runs); `kiln --version` is
  * unchanged. Nothing it leaves behind may depend on the process either:
  * the conversion reads no defaults from the machine when both platforms are
  * given.
