@@ -675,7 +675,7 @@ async function profile(w: Workload, ctx: Ctx): Promise<Record<string, ProfileSum
 
 function markdown(result: Record<string, unknown>, workloads: Record<string, WorkloadResult>): string {
   const f = (c: Cell | 'n/a' | undefined): string =>
-    c === undefined || c === 'n/a' ? 'n/a' : c.medianS.toFixed(2);
+    c === undefined || c === 'n/a' ? 'n/a' : c.medianS.toFixed(c.medianS < 1 ? 3 : 2);
   const mem = (c: Cell | 'n/a' | undefined): string =>
     c === undefined || c === 'n/a' || c.peakMiB === undefined ? 'n/a' : c.peakMiB.toFixed(0);
   const ratio = (a: number | undefined, b: number | undefined): string =>
