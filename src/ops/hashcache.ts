@@ -80,11 +80,11 @@ export class PersistentHashCache implements FileHashCache {
   #dirty = false;
   /** Number of saves that wrote the file (for tests and benchmarks). */
   writes = 0;
-  readonly #obsolete: readonly string[];
+  #obsolete: readonly string[];
   readonly #maxSiblings: number | undefined;
 
   /**
-   * `obsolete`: files removed at every save that writes (an older layout's).
+   * `obsolete`: files removed at the first save that writes (an older layout's).
    * `maxSiblings`: at most this many `*.bin` files are kept in the file's
    * directory; a save past it removes the least recently written others.
    */
@@ -277,6 +277,7 @@ export class PersistentHashCache implements FileHashCache {
     await fs.mkdir(path.dirname(this.file), { recursive: true });
     await writeAtomic(this.file, this.#encode());
     for (const f of this.#obsolete) await fs.rm(f, { force: true });
+    this.#obsolete = [];
     if (this.#maxSiblings !== undefined) await pruneSiblings(this.file, this.#maxSiblings);
     this.#dirty = false;
     this.writes++;

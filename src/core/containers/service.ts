@@ -138,9 +138,6 @@ export function mergeEnv(
 /** Age after which a half-made or unremoved `--rm` container is treated as left over by a dead process. */
 const LEFTOVER_AGE_MS = 60_000;
 
-/** Image configs kept per service (a few KiB each; the map is emptied when full). */
-const CONFIG_CACHE_SIZE = 64;
-
 export class ContainerService {
   readonly core: Core;
   readonly runtime: OciRuntime;
@@ -151,8 +148,6 @@ export class ContainerService {
 
   readonly #leftoverAgeMs: number;
   #cgroups: Promise<CgroupLayout> | undefined;
-  /** Image target digest → the host platform's manifest and its config. */
-  readonly #configs = new Map<string, { manifest: Descriptor; config: ImageConfig }>();
 
   constructor(opts: { core: Core; runtime: OciRuntime; events?: Publisher; leftoverAgeMs?: number }) {
     this.#leftoverAgeMs = opts.leftoverAgeMs ?? LEFTOVER_AGE_MS;
@@ -204,23 +199,16 @@ export class ContainerService {
   ): Promise<{ manifest: Descriptor; config: ImageConfig; imageName: string }> {
     const img = resolveImage(this.core, name);
     const target = img.target as Descriptor;
-    // Blobs never change: what a target digest leads to is read and verified once per service.
-    let found = this.#configs.get(target.digest);
-    if (!found) {
-      let desc = target;
-      if (isIndexMediaType(desc.mediaType)) {
-        const index = parseIndex(await readJsonBlob(this.core.content, desc, 'index'));
-        const m = selectManifest(index.manifests, hostPlatform());
-        if (!m)
-          throw errFailedPrecondition(`image "${name}": no manifest for this platform in ${desc.digest}`);
-        desc = m;
-      }
-      const { config } = await readManifestAndConfig(this.core.content, desc);
-      found = { manifest: desc, config };
-      if (this.#configs.size >= CONFIG_CACHE_SIZE) this.#configs.clear();
-      this.#configs.set(target.digest, found);
+    // The blobs come from the content store's memory after the first read (readBlob).
+    let desc = target;
+    if (isIndexMediaType(desc.mediaType)) {
+      const index = parseIndex(await readJsonBlob(this.core.content, desc, 'index'));
+      const m = selectManifest(index.manifests, hostPlatform());
+      if (!m) throw errFailedPrecondition(`image "${name}": no manifest for this platform in ${desc.digest}`);
+      desc = m;
     }
-    return { ...found, imageName: img.name };
+    const { config } = await readManifestAndConfig(this.core.content, desc);
+    return { manifest: desc, config, imageName: img.name };
   }
 
   async create(opts: CreateContainerOptions): Promise<Container> {

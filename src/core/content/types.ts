@@ -101,9 +101,8 @@ export interface ContentStore {
    * result is the caller's own copy. A store may serve it from memory
    * (content never changes under its digest), so a blob another process
    * deleted since may still be returned: existence is `info`'s answer.
-   * Optional: without it, readers stream with `read` and hash themselves.
    */
-  readBlob?(digest: Digest, maxSize: number): Promise<Uint8Array>;
+  readBlob(digest: Digest, maxSize: number): Promise<Uint8Array>;
 
   /**
    * Opens a writer for `ref`. Throws Unavailable ("ref … is in use") if

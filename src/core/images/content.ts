@@ -8,7 +8,6 @@
  * Not part of the public entry (./index.ts).
  */
 import type { ContentStore, Labels } from '../content/types.ts';
-import { readWholeBlob } from '../content/whole.ts';
 import { type Digest, sha256 } from '../digest.ts';
 import { errFailedPrecondition, errInvalidArgument, isKilnError, KilnError } from '../errors.ts';
 import {
@@ -73,7 +72,7 @@ export async function readJsonBlob(store: ContentStore, desc: Descriptor, what: 
     throw new KilnError('ResourceExhausted', `read ${what} ${desc.digest}: size ${desc.size} is too large`);
   }
   try {
-    return await readWholeBlob(store, desc.digest, MAX_JSON_BLOB);
+    return await store.readBlob(desc.digest, MAX_JSON_BLOB);
   } catch (err) {
     if (isKilnError(err, 'NotFound')) {
       throw errFailedPrecondition(`read ${what} ${desc.digest}: content not found in the store`, err);

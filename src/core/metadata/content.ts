@@ -27,7 +27,6 @@ import type {
   WriterOptions,
 } from '../content/types.ts';
 import { compileFilters, fieldLookup } from '../content/filters.ts';
-import { readWholeBlob } from '../content/whole.ts';
 import type { Digest } from '../digest.ts';
 import {
   errAlreadyExists,
@@ -168,7 +167,7 @@ export class NamespacedContentStore implements ContentStore {
   async readBlob(digest: Digest, maxSize: number): Promise<Uint8Array> {
     // The row, not the shared store's memory, says whether this namespace has the blob.
     this.#mustRow(digest, 'read');
-    return readWholeBlob(this.#backend, digest, maxSize);
+    return this.#backend.readBlob(digest, maxSize);
   }
 
   async writer(options: WriterOptions): Promise<Writer> {
