@@ -55,6 +55,20 @@ export interface NativeAddon {
   consoleAccept(listenFd: number): number | null;
   /** TIOCSWINSZ: sets a terminal's size. */
   setWindowSize(fd: number, rows: number, cols: number): void;
+  /**
+   * posix_spawnp(3) of `file` with `argv` and `env` (`NAME=value` strings; null: the process's
+   * environment), stdout and stderr (and stdin when `stdinPipe`, else /dev/null) on new pipes:
+   * returns the pid and the parent's ends (-1 for stdin without a pipe). `onExit(code, signal)`
+   * runs once the child has been reaped (code -1 when signal `signal` ended it). Use it through
+   * spawn.ts.
+   */
+  spawnPiped(
+    file: string,
+    argv: string[],
+    env: string[] | null,
+    stdinPipe: boolean,
+    onExit: (code: number, signal: number) => void,
+  ): [number, number, number, number];
 }
 
 /** flock(2) operations. */

@@ -21,7 +21,6 @@
  * Limits: the exec'd process is not tracked after it ends (no exec ids in the
  * runtime); window size changes are not forwarded.
  */
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
@@ -38,6 +37,7 @@ import {
 } from './runtime.ts';
 import { attachConsole, consoleSocketFor } from './console.ts';
 import { type OciSpec, writeFileAtomic } from './spec.ts';
+import { type PipedChild, spawnPiped } from '../native/spawn.ts';
 
 export interface ExecOptions {
   stdin?: Readable | Buffer | string;
@@ -93,7 +93,7 @@ export async function execInContainer(
   try {
     await writeFileAtomic(processFile, JSON.stringify(proc), 0o600);
     const sock = proc.terminal ? consoleSocketFor(runtime, token) : undefined;
-    let child: ReturnType<typeof spawn>;
+    let child: PipedChild;
     try {
       let argv = await runtime.commandLine(
         [
@@ -108,7 +108,7 @@ export async function execInContainer(
         logFile,
       );
       if (proc.terminal && !sock) argv = underTerminal(argv);
-      child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
+      child = spawnPiped(argv, { stdin: 'pipe' });
     } catch (err) {
       sock?.close();
       throw err;

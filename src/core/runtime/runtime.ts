@@ -62,7 +62,7 @@
  * leaves the runtime process and its container running (their stdio pipes
  * broken) until `cleanupStale` kills and deletes them.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, rm, symlink } from 'node:fs/promises';
@@ -74,6 +74,7 @@ import { detectCgroups } from './cgroups.ts';
 import { removeTree } from '../fs/safe.ts';
 import { generateSpec, writeSpec } from './spec.ts';
 import { attachConsole, type ConsoleSocket, consoleSocketFor } from './console.ts';
+import { type PipedChild, spawnPiped } from '../native/spawn.ts';
 
 export type RuntimeName = 'crun' | 'runc';
 
@@ -326,7 +327,7 @@ export class OciRuntime {
     await this.init();
     const argv = this.#argv(args);
     return await new Promise<ExecResult>((resolve, reject) => {
-      const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawnPiped(argv, { stdin: 'ignore' });
       const out: Buffer[] = [];
       const err: Buffer[] = [];
       child.stdout.on('data', (b: Buffer) => out.push(b));
@@ -549,9 +550,9 @@ export class OciRuntime {
     // comment). Without input it is ended at once; under `script` with a tty and no input it
     // stays open (docker's `-t` without `-i`): at EOF `script` would type an end-of-file
     // character into the container's terminal.
-    let child: ChildProcess;
+    let child: PipedChild;
     try {
-      child = spawn(argv[0], argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
+      child = spawnPiped(argv, { stdin: 'pipe' });
     } catch (err) {
       consoleSock?.close();
       throw err;
@@ -605,7 +606,7 @@ export class OciRuntime {
    * so nothing the container printed before exiting is lost.
    */
   async #waitConsole(
-    child: ChildProcess,
+    child: PipedChild,
     opts: RunOptions,
     pidFile: string,
     sock: ConsoleSocket,
@@ -629,7 +630,7 @@ export class OciRuntime {
 
   /** Wires stdio and waits for the runtime process and its pipes to close. */
   async #wait(
-    child: ChildProcess,
+    child: PipedChild,
     opts: RunOptions,
     pidFile: string,
   ): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
