@@ -4,6 +4,7 @@
  * opened lazily so that commands which need no state (e.g. `kiln debug`)
  * never touch the state directory.
  */
+import path from 'node:path';
 import type { Command } from 'commander';
 import type { Logger } from 'pino';
 import { LocalContentStore } from '../core/content/store.ts';
@@ -12,6 +13,7 @@ import { openCore, type Core } from '../core/metadata/index.ts';
 import { removeTree } from '../core/fs/safe.ts';
 import { setTempMountRoot, unmountAll } from '../core/mount/mount.ts';
 import { recoverMounts } from '../core/mount/recovery.ts';
+import { runDirFor } from '../core/rundir.ts';
 import { createLogger, type Globals, globalsOf } from './program.ts';
 
 export { defaultRoot, type Globals } from './program.ts';
@@ -70,11 +72,13 @@ export function createContextFor(globals: () => Globals): CliContext {
             );
           }
           if (lock.exclusive) {
-            // Exec bundles belong to running builds; with the root to ourselves, any left are stale.
-            const bundles = `${g.root}/ops/bundles`;
-            await unmountAll(bundles);
-            // Never recursively through a mount that could not be unmounted.
-            await removeTree(bundles);
+            // Exec bundles belong to running builds; with the root to ourselves, any left are stale
+            // (also where bundles were kept before they moved to the run directory).
+            for (const bundles of [path.join(runDirFor(g.root), 'bundles'), `${g.root}/ops/bundles`]) {
+              await unmountAll(bundles);
+              // Never recursively through a mount that could not be unmounted.
+              await removeTree(bundles);
+            }
           }
         } finally {
           lock.downgrade();

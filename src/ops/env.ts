@@ -43,6 +43,8 @@ export interface OpEnv {
   runtime(): Promise<OciRuntime>;
   readonly images?: ImageResolver;
   readonly checksums: ContentChecksums;
-  /** Directory for op state: bundles, cache mounts, local checksum cache. */
+  /** Directory for op state that persists: cache mounts, local checksum cache, git and http fetches. */
   readonly stateDir: string;
+  /** Directory for ephemeral op state, on tmpfs where possible (../core/rundir.ts): exec bundles. */
+  readonly runDir: string;
 }

@@ -256,7 +256,7 @@ export class ExecOp implements Op {
     const meta = this.#op.meta!;
     await checkExecPlatform(this.#platform);
     const session = await OpSession.open(this.#env.core, `exec ${this.command}`);
-    const bundle = path.join(this.#env.stateDir, 'bundles', randomBytes(8).toString('hex'));
+    const bundle = path.join(this.#env.runDir, 'bundles', randomBytes(8).toString('hex'));
     const releases: (() => void)[] = [];
     const outputs: { index: number; key: string; dir: string }[] = [];
     const results: SnapshotRef[] = [];

@@ -17,6 +17,7 @@ import { errNotFound, isKilnError } from '../core/errors.ts';
 import type { Core } from '../core/metadata/index.ts';
 import { removeTree } from '../core/fs/safe.ts';
 import { unmountAll } from '../core/mount/mount.ts';
+import { runDirFor } from '../core/rundir.ts';
 import { selectRuntime } from '../core/containers/select.ts';
 import type { OciRuntime } from '../core/runtime/runtime.ts';
 import type { Definition, Op as OpPb } from '../gen/kiln/llb/v1/llb_pb.ts';
@@ -112,6 +113,7 @@ export class Worker {
       ...(opts.images ? { images: opts.images } : {}),
       checksums,
       stateDir: path.join(this.core.root, 'ops'),
+      runDir: runDirFor(this.core.root),
     };
     this.resolveOp = (vertex: Vertex): Op => {
       const sys = vertex.sys as LlbVertexSys;
@@ -225,10 +227,12 @@ export class Worker {
    * recovery.
    */
   async recover(): Promise<void> {
-    const bundles = path.join(this.env.stateDir, 'bundles');
-    await unmountAll(bundles);
-    // Never recursively through a mount that could not be unmounted.
-    await removeTree(bundles);
+    // Bundles were kept under the state directory before they moved to the run directory.
+    for (const bundles of [path.join(this.env.runDir, 'bundles'), path.join(this.env.stateDir, 'bundles')]) {
+      await unmountAll(bundles);
+      // Never recursively through a mount that could not be unmounted.
+      await removeTree(bundles);
+    }
     if (this.#runtime) await (await this.#runtime).cleanupStale().catch(() => {});
   }
 

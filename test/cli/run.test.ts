@@ -14,6 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { parseFlags, parseVolume } from '../../src/cli/commands/run.ts';
 import { unmountAll } from '../../src/core/mount/mount.ts';
+import { runDirFor } from '../../src/core/rundir.ts';
 import { makeBusyboxLayout } from '../core/fixtures/busybox-image.ts';
 
 const repo = path.resolve(import.meta.dirname, '../..');
@@ -83,7 +84,7 @@ async function mountsUnder(dir: string): Promise<string[]> {
 async function runtimeContainers(): Promise<string[]> {
   const out: string[] = [];
   for (const name of ['crun', 'runc']) {
-    const d = path.join(root, 'runtime', name);
+    const d = path.join(runDirFor(root), 'runtime', name);
     if (existsSync(d)) out.push(...(await readdir(d)));
   }
   return out;
@@ -265,7 +266,7 @@ describe('kiln run', () => {
     // --rm removed the container of the failed start too.
     const ps = await kiln(['ps', '-aq']);
     assert.equal(ps.stdout, '');
-    assert.deepEqual(await mountsUnder(path.join(root, 'containers')), []);
+    assert.deepEqual(await mountsUnder(path.join(runDirFor(root), 'containers')), []);
   });
 
   test('SIGTERM sent to kiln reaches the process; the task is cleaned up', async () => {
@@ -285,7 +286,7 @@ describe('kiln run', () => {
     const r = await done;
     assert.equal(r.code, 3, r.stderr);
     assert.equal(r.stdout, 'ready\ngot TERM\n');
-    assert.deepEqual(await mountsUnder(path.join(root, 'containers')), []);
+    assert.deepEqual(await mountsUnder(path.join(runDirFor(root), 'containers')), []);
     assert.deepEqual(await runtimeContainers(), []);
   });
 
@@ -406,16 +407,16 @@ describe('kiln ps, exec, kill, rm, events', () => {
     ]);
     const done = finish(child);
     await waitForOutput(child, 'ready');
-    assert.equal((await mountsUnder(path.join(root, 'containers'))).length, 1);
+    assert.equal((await mountsUnder(path.join(runDirFor(root), 'containers'))).length, 1);
     assert.deepEqual(await runtimeContainers(), ['default.crashme']);
     child.kill('SIGKILL');
     await done;
     // Kiln is gone; its container, mount and record are still there.
-    assert.equal((await mountsUnder(path.join(root, 'containers'))).length, 1);
+    assert.equal((await mountsUnder(path.join(runDirFor(root), 'containers'))).length, 1);
     const ps = await kiln(['ps', '-aq']);
     assert.equal(ps.code, 0, ps.stderr);
     assert.equal(ps.stdout, '');
-    assert.deepEqual(await mountsUnder(path.join(root, 'containers')), []);
+    assert.deepEqual(await mountsUnder(path.join(runDirFor(root), 'containers')), []);
     assert.deepEqual(await runtimeContainers(), []);
     // A container of the same name can be run again.
     const again = await kiln(['run', '--rm', '--name', 'crashme', 'busybox', 'true']);
@@ -430,7 +431,7 @@ describe('kiln ps, exec, kill, rm, events', () => {
     await done;
     const ps = await kiln(['ps', '-a']);
     assert.match(ps.stdout, /kept .*Exited \(255\)/);
-    assert.deepEqual(await mountsUnder(path.join(root, 'containers')), []);
+    assert.deepEqual(await mountsUnder(path.join(runDirFor(root), 'containers')), []);
     assert.equal((await kiln(['rm', 'kept'])).code, 0);
   });
 

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, statfsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -18,6 +18,7 @@ import { type Envelope, EventBus, parseFilter, tailEvents } from '../../src/core
 import { importImages } from '../../src/core/images/index.ts';
 import { type Core, openCore } from '../../src/core/metadata/index.ts';
 import { mountAll, unmountAll } from '../../src/core/mount/mount.ts';
+import { runDirFor } from '../../src/core/rundir.ts';
 import { makeBusyboxLayout } from './fixtures/busybox-image.ts';
 
 let base = '';
@@ -320,7 +321,7 @@ describe('containers and tasks', () => {
     assert.ok((await readFile('/proc/self/mountinfo', 'utf8')).includes(svc.rootfsDir('dead1')));
     const cleaned = await svc.recover();
     assert.deepEqual(cleaned.sort(), ['default/dead1', 'default/dead2']);
-    assert.ok(!(await readFile('/proc/self/mountinfo', 'utf8')).includes(path.join(core.root, 'containers')));
+    assert.ok(!(await readFile('/proc/self/mountinfo', 'utf8')).includes(svc.dir));
     assert.equal(svc.get('dead1').status, 'stopped');
     assert.equal(svc.get('dead1').exitCode, 255);
     assert.equal(svc.store.has('dead2'), false);
@@ -348,5 +349,40 @@ describe('containers and tasks', () => {
     );
     assert.equal(svc.store.has(kept.id), true);
     await svc.delete(kept.id);
+  });
+
+  test('bundles live in the run directory, on tmpfs; recover cleans bundles of the old layout under the root', async () => {
+    assert.equal(path.dirname(svc.dir), runDirFor(core.root));
+    assert.equal(statfsSync(svc.dir).type, 0x01021994, 'the run directory is a tmpfs');
+    const c = await svc.create({ id: 'legacy', image: 'busybox', command: ['true'] });
+    // What an earlier version left when killed mid-run: <root>/containers/<ns>/<id> with the
+    // rootfs mounted and the /etc files in an etc/ subdirectory.
+    const bundle = path.join(core.root, 'containers', 'default', 'legacy');
+    await mkdir(path.join(bundle, 'rootfs'), { recursive: true });
+    await mkdir(path.join(bundle, 'etc'));
+    await writeFile(path.join(bundle, 'etc', 'hosts'), '');
+    const dead = spawn('true');
+    await new Promise((r) => dead.on('close', r));
+    await writeFile(path.join(bundle, 'owner.json'), JSON.stringify({ pid: dead.pid, start: '1' }));
+    const sn = await core.snapshotter();
+    await mountAll(await sn.mounts(c.snapshotKey), path.join(bundle, 'rootfs'));
+    assert.deepEqual(await svc.recover(), ['default/legacy']);
+    assert.ok(!(await readFile('/proc/self/mountinfo', 'utf8')).includes(bundle));
+    assert.equal(existsSync(bundle), false);
+    await svc.delete('legacy');
+  });
+
+  test('recover marks stopped a task recorded as running whose bundle is gone (a reboot emptied the run directory)', async () => {
+    const sweeper = new ContainerService({ core, runtime: svc.runtime, leftoverAgeMs: 0 });
+    const c = await svc.create({ id: 'rebooted', image: 'busybox', command: ['true'] });
+    svc.store.setStatus(c.id, 'running');
+    // Not old enough for the default service: a task between its bundle's removal and its
+    // stopped record must not be touched.
+    await svc.recover();
+    assert.equal(svc.get('rebooted').status, 'running');
+    await sweeper.recover();
+    assert.equal(svc.get('rebooted').status, 'stopped');
+    assert.equal(svc.get('rebooted').exitCode, 255);
+    await svc.delete('rebooted');
   });
 });

@@ -22,6 +22,7 @@ import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { image, local, marshal } from '../../src/llb/index.ts';
+import { runDirFor } from '../../src/core/rundir.ts';
 import { forwardSocket } from '../../src/ops/ssh-forward.ts';
 import { collect, type Fixture, logsOf, makeFixture } from './fixture.ts';
 
@@ -131,9 +132,12 @@ test('a secret env leaves no trace in the result or the state directory', async 
       assert.match(await fs.readFile(path.join(dir, 'env-dump'), 'utf8'), /^NPM_TOKEN=/m);
     });
     // Nothing the worker keeps (bundles, cache index, snapshots metadata) holds the value.
-    const leaks = (await filesContaining(fx.root, SECRET)).filter((p) => !p.includes('/snapshots/'));
+    const leaks = [
+      ...(await filesContaining(fx.root, SECRET)),
+      ...(await filesContaining(runDirFor(fx.root), SECRET)),
+    ].filter((p) => !p.includes('/snapshots/'));
     assert.deepEqual(leaks, []);
-    const bundles = path.join(fx.root, 'ops', 'bundles');
+    const bundles = path.join(runDirFor(fx.root), 'bundles');
     assert.deepEqual(await fs.readdir(bundles).catch(() => []), [], 'the bundle tmpfs is gone');
   } finally {
     await r.release();
@@ -146,7 +150,7 @@ test('while a secret env RUN runs, its bundle (config.json holds the value) is o
     .run({ shell: 'sleep 1.5', secretEnv: [{ name: 'TOKEN', id: 'tok' }] })
     .root();
   const solving = w.solveDefinition(marshal(st));
-  const bundles = path.join(fx.root, 'ops', 'bundles');
+  const bundles = path.join(runDirFor(fx.root), 'bundles');
   let seen: { fs: string; hasValue: boolean } | undefined;
   for (let i = 0; i < 150 && !seen; i++) {
     for (const b of await fs.readdir(bundles).catch(() => [] as string[])) {

@@ -12,6 +12,7 @@ import { removeTree } from '../../src/core/fs/safe.ts';
 import { unmountAll, withTempMount } from '../../src/core/mount/mount.ts';
 import { type Core, openCore, type SnapshotterName } from '../../src/core/metadata/index.ts';
 import { probeRuntime, type OciRuntime } from '../../src/core/runtime/runtime.ts';
+import { runDirFor } from '../../src/core/rundir.ts';
 import type { ImageResolver, Sessions } from '../../src/ops/env.ts';
 import { OpSession, snapshotOf } from '../../src/ops/refs.ts';
 import type { ProgressEvent } from '../../src/solver/progress.ts';
@@ -87,6 +88,9 @@ export async function makeFixture(opts: { snapshotter?: SnapshotterName } = {}):
       // No rm -rf after a failed unmount: that would delete through whatever is still mounted.
       await unmountAll(root);
       await removeTree(root);
+      const run = runDirFor(root);
+      await unmountAll(run);
+      await removeTree(run);
       if (rootfsDir) {
         const dir = await rootfsDir;
         rootfsDir = undefined;

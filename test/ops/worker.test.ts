@@ -9,6 +9,7 @@ import { after, before, test } from 'node:test';
 import { image, local, marshal, mkdir, parseDefinition, scratch } from '../../src/llb/index.ts';
 import { mountAll } from '../../src/core/mount/mount.ts';
 import { readMountinfo } from '../../src/core/mount/mountinfo.ts';
+import { runDirFor } from '../../src/core/rundir.ts';
 import { SCRATCH } from '../../src/ops/refs.ts';
 import { type Fixture, makeFixture } from './fixture.ts';
 
@@ -58,18 +59,20 @@ test('a missing local directory names the source', async () => {
   );
 });
 
-test('recover unmounts and removes bundles left by a crashed process', async () => {
+test('recover unmounts and removes bundles left by a crashed process (and where bundles were kept before)', async () => {
   const w = fx.worker();
-  const stale = path.join(fx.root, 'ops', 'bundles', 'stale', 'secrets');
-  await fs.mkdir(stale, { recursive: true });
-  await mountAll([{ type: 'tmpfs', source: 'tmpfs', options: ['size=1m'] }], stale);
-  await fs.writeFile(path.join(stale, 's'), 'secret');
+  const dirs = [path.join(runDirFor(fx.root), 'bundles'), path.join(fx.root, 'ops', 'bundles')];
+  for (const bundles of dirs) {
+    const stale = path.join(bundles, 'stale', 'secrets');
+    await fs.mkdir(stale, { recursive: true });
+    await mountAll([{ type: 'tmpfs', source: 'tmpfs', options: ['size=1m'] }], stale);
+    await fs.writeFile(path.join(stale, 's'), 'secret');
+  }
   await w.recover();
-  assert.equal(
-    (await readMountinfo()).filter((m) => m.mountPoint.startsWith(path.join(fx.root, 'ops'))).length,
-    0,
-  );
-  await assert.rejects(fs.stat(path.join(fx.root, 'ops', 'bundles')), /ENOENT/);
+  for (const bundles of dirs) {
+    assert.equal((await readMountinfo()).filter((m) => m.mountPoint.startsWith(bundles)).length, 0);
+    await assert.rejects(fs.stat(bundles), /ENOENT/);
+  }
 });
 
 test('prune removes cache records and their result snapshots; the next solve runs again', async () => {

@@ -5,9 +5,10 @@
  * container does not pay a probe container each time. `KILN_RUNTIME=crun|runc`
  * forces a runtime (no probe, nothing cached). Delete the file to probe again.
  */
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { errInvalidArgument } from '../errors.ts';
+import { runDirFor } from '../rundir.ts';
 import { OciRuntime, probeRuntime, type RuntimeName } from '../runtime/runtime.ts';
 import { writeFileAtomic } from '../runtime/spec.ts';
 
@@ -17,7 +18,8 @@ interface Selected {
 }
 
 export async function selectRuntime(root: string, env = process.env): Promise<OciRuntime> {
-  const stateDir = path.join(root, 'runtime');
+  // The runtime's state is ephemeral (rundir.ts); the choice is kept with the root.
+  const stateDir = path.join(runDirFor(root), 'runtime');
   const forced = env.KILN_RUNTIME;
   if (forced) {
     if (forced !== 'crun' && forced !== 'runc') {
@@ -25,7 +27,7 @@ export async function selectRuntime(root: string, env = process.env): Promise<Oc
     }
     return new OciRuntime({ name: forced, stateDir, hideUnifiedCgroup: true });
   }
-  const file = path.join(stateDir, 'selected.json');
+  const file = path.join(root, 'runtime', 'selected.json');
   try {
     const s = JSON.parse(await readFile(file, 'utf8')) as Selected;
     if (s.name === 'crun' || s.name === 'runc') {
@@ -36,6 +38,7 @@ export async function selectRuntime(root: string, env = process.env): Promise<Oc
   }
   const { runtime } = await probeRuntime({ stateDir, hideUnifiedCgroup: true });
   const selected: Selected = { name: runtime.name, hideUnifiedCgroup: runtime.hideUnifiedCgroup };
+  await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
   await writeFileAtomic(file, JSON.stringify(selected), 0o600);
   return runtime;
 }

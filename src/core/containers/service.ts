@@ -9,7 +9,7 @@
  *   records the container. The snapshot is held by a lease `container/<id>`
  *   (no expiry) so GC keeps it until the container is deleted.
  * - `runTask` runs the task in the foreground: it writes an owner record
- *   (`<root>/containers/<ns>/<id>/owner.json`), mounts the snapshot on
+ *   (`<run dir>/containers/<ns>/<id>/owner.json`, see ../rundir.ts), mounts the snapshot on
  *   `.../rootfs` (kept mounted while the task runs), generates config.json
  *   there, runs it with the OCI runtime under the runtime id `<ns>.<id>`,
  *   and always unmounts and removes the bundle afterwards. Exit code, signal
@@ -67,6 +67,7 @@ import type { OciRuntime, RunResult } from '../runtime/runtime.ts';
 import { type ExtraMount, GENERATED_ETC_FILES, generateSpec, readSpec, writeSpec } from '../runtime/spec.ts';
 import { resolveUserInRootfs } from '../runtime/user.ts';
 import { ownerAlive, writeOwner } from '../runtime/owner.ts';
+import { runDirFor } from '../rundir.ts';
 import {
   type Container,
   type ContainerSpec,
@@ -143,7 +144,7 @@ export class ContainerService {
   readonly runtime: OciRuntime;
   readonly events: Publisher;
   readonly store: ContainerStore;
-  /** `<root>/containers`. */
+  /** `<run dir>/containers` (see rundir.ts), holding `<ns>/<id>` bundles. */
   readonly dir: string;
 
   readonly #leftoverAgeMs: number;
@@ -155,7 +156,7 @@ export class ContainerService {
     this.runtime = opts.runtime;
     this.events = opts.events ?? new EventBus();
     this.store = new ContainerStore(opts.core.db, opts.core.namespace);
-    this.dir = path.join(opts.core.root, 'containers');
+    this.dir = path.join(runDirFor(opts.core.root), 'containers');
   }
 
   get namespace(): string {
@@ -304,12 +305,10 @@ export class ContainerService {
     }
     const bundle = this.bundleDir(id);
     const rootfs = this.rootfsDir(id);
-    const etc = path.join(bundle, 'etc');
     const sn = await this.core.snapshotter(c.snapshotter as SnapshotterName);
     // Leftovers of a crashed run of this container.
     if (existsSync(bundle)) await this.#cleanBundle(bundle);
     mkdirSync(rootfs, { recursive: true, mode: 0o711 });
-    mkdirSync(etc, { recursive: true });
     await writeOwner(path.join(bundle, 'owner.json'));
     let exit: RunResult | undefined;
     let started = false;
@@ -337,7 +336,7 @@ export class ContainerService {
         network: c.spec.network,
         readonlyRootfs: c.spec.readonlyRootfs,
         mounts: c.spec.mounts,
-        filesDir: etc,
+        filesDir: bundle,
         cgroups: await this.#cgroupLayout(),
         cgroupsPath: this.cgroupsPath(id),
         annotations: { 'kiln.dev/container': id, 'kiln.dev/namespace': this.namespace },
@@ -399,12 +398,12 @@ export class ContainerService {
     } catch (err) {
       if (!isErrno(err, 'ENOENT')) throw wrap(err, `remove "${rootfs}"`);
     }
-    // The generated /etc files, on the calling thread (microseconds each); anything else
+    // The files Kiln wrote, on the calling thread (microseconds each).
+    for (const name of BUNDLE_FILES) rmSync(path.join(bundle, name), { force: true });
+    // Bundles of earlier versions kept the generated /etc files in <bundle>/etc; anything else
     // found there goes through removeTree, which refuses to cross a mount.
     const etc = path.join(bundle, 'etc');
-    if (!removeFiles(etc, GENERATED_ETC_FILES)) await removeTree(etc);
-    rmSync(path.join(bundle, 'config.json'), { force: true });
-    rmSync(path.join(bundle, 'owner.json'), { force: true });
+    if (existsSync(etc) && !removeFiles(etc, GENERATED_ETC_FILES)) await removeTree(etc);
   }
 
   /** Sends a signal to a running task. */
@@ -476,11 +475,12 @@ export class ContainerService {
 
   async #remove(c: Container): Promise<void> {
     const bundle = this.bundleDir(c.id);
-    await this.#cleanBundle(bundle);
-    try {
-      rmdirSync(bundle);
-    } catch {
+    // A task that ended cleaned its bundle already (runTask's finally): then the directory is
+    // empty and one rmdir does. Otherwise (a task that never ran, or a crash) clean it first.
+    if (!removeEmptyDir(bundle)) {
+      await this.#cleanBundle(bundle);
       // not empty (leftovers recovery handles) or already gone
+      removeEmptyDir(bundle);
     }
     const sn = await this.core.snapshotter(c.snapshotter as SnapshotterName);
     try {
@@ -503,34 +503,38 @@ export class ContainerService {
    */
   async recover(): Promise<string[]> {
     const cleaned: string[] = [];
-    let namespaces: Dirent[];
-    try {
-      namespaces = await readdir(this.dir, { withFileTypes: true });
-    } catch (err) {
-      if (isErrno(err, 'ENOENT')) return cleaned;
-      throw err;
-    }
-    const stale: { ns: string; id: string }[] = [];
-    for (const nsEnt of namespaces) {
-      if (!nsEnt.isDirectory()) continue;
-      for (const ent of await readdir(path.join(this.dir, nsEnt.name), { withFileTypes: true })) {
-        if (!ent.isDirectory()) continue;
-        const bundle = path.join(this.dir, nsEnt.name, ent.name);
-        if (await ownerAlive(path.join(bundle, 'owner.json'))) continue;
-        const mounted = mountsUnder(await readMountinfo(), canonicalPath(bundle)).length > 0;
-        const ownerFile = await readdir(bundle).then(
-          (f) => f.includes('owner.json') || f.includes('config.json'),
-        );
-        if (mounted || ownerFile) stale.push({ ns: nsEnt.name, id: ent.name });
+    const stale: { ns: string; id: string; bundle: string }[] = [];
+    // Bundles lived under the root itself before they moved to the run directory (rundir.ts).
+    for (const dir of [this.dir, path.join(this.core.root, 'containers')]) {
+      let namespaces: Dirent[];
+      try {
+        namespaces = await readdir(dir, { withFileTypes: true });
+      } catch (err) {
+        if (isErrno(err, 'ENOENT')) continue;
+        throw err;
+      }
+      for (const nsEnt of namespaces) {
+        if (!nsEnt.isDirectory()) continue;
+        for (const ent of await readdir(path.join(dir, nsEnt.name), { withFileTypes: true })) {
+          if (!ent.isDirectory()) continue;
+          const bundle = path.join(dir, nsEnt.name, ent.name);
+          if (await ownerAlive(path.join(bundle, 'owner.json'))) continue;
+          const mounted = mountsUnder(await readMountinfo(), canonicalPath(bundle)).length > 0;
+          const ownerFile = await readdir(bundle).then(
+            (f) => f.includes('owner.json') || f.includes('config.json'),
+          );
+          if (mounted || ownerFile) stale.push({ ns: nsEnt.name, id: ent.name, bundle });
+        }
       }
     }
     await this.#sweepLeftovers(cleaned);
     if (stale.length === 0) return cleaned;
     // Runtime containers of dead owners first (they keep the rootfs busy).
     await this.runtime.cleanupStale();
-    for (const { ns, id } of stale) {
+    for (const { ns, id, bundle } of stale) {
       const svc = ns === this.namespace ? this : this.withNamespace(ns);
-      await svc.#cleanBundle(svc.bundleDir(id));
+      await svc.#cleanBundle(bundle);
+      if (bundle !== svc.bundleDir(id)) removeEmptyDir(bundle);
       cleaned.push(`${ns}/${id}`);
       if (!svc.store.has(id)) continue;
       const c = svc.store.get(id);
@@ -557,6 +561,13 @@ export class ContainerService {
   async #sweepLeftovers(cleaned: string[]): Promise<void> {
     const cutoff = Date.now() - this.#leftoverAgeMs;
     for (const c of this.store.list()) {
+      // A task recorded as running whose bundle is gone with no owner: its run directory was
+      // lost with a reboot (rundir.ts), so nothing else would ever mark it stopped.
+      if (c.status === 'running' && c.updatedAt.getTime() <= cutoff && !(await this.isRunning(c.id))) {
+        this.#markStopped(c.id, 255);
+        this.#taskEnded(c.id, null, 255);
+        c.status = 'stopped';
+      }
       if (!c.autoRemove || c.updatedAt.getTime() > cutoff || (await this.isRunning(c.id))) continue;
       await this.#remove(c);
       cleaned.push(`${this.namespace}/${c.id}`);
@@ -591,6 +602,9 @@ export class ContainerService {
  * the caller to fall back to a careful removal. A missing file or directory
  * counts as removed. Unlinking never follows into a mount.
  */
+/** What runTask writes into a bundle beside the rootfs mount point (the /etc files: generateSpec). */
+const BUNDLE_FILES = [...GENERATED_ETC_FILES, 'config.json', 'owner.json'];
+
 function removeFiles(dir: string, names: readonly string[]): boolean {
   try {
     for (const n of names) {
@@ -612,4 +626,14 @@ function volatileOverlay(m: CoreMount): CoreMount {
   return m.type === 'overlay' && !m.options.includes('volatile')
     ? { ...m, options: [...m.options, 'volatile'] }
     : m;
+}
+
+/** rmdir that reports instead of throwing: true when `dir` is gone (removed or absent). */
+function removeEmptyDir(dir: string): boolean {
+  try {
+    rmdirSync(dir);
+    return true;
+  } catch (err) {
+    return isErrno(err, 'ENOENT');
+  }
 }
