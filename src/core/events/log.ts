@@ -4,7 +4,7 @@
  *
  * - Writers (`EventLog.publish`) deliver to their in-process bus, then append
  *   the envelope as one line with one write(2) on a descriptor opened with
- *   O_APPEND, so lines of concurrent writers (several CLI processes) never
+ *   O_APPEND (kept open while the path names the same file, see appendFd), so lines of concurrent writers (several CLI processes) never
  *   interleave or overwrite each other. Appending is synchronous and best
  *   effort: a failure to write the log goes to `onError` and never fails the
  *   operation that published the event.
@@ -23,7 +23,7 @@
  *   them.
  * Events are notifications, not a journal: nothing is fsynced.
  */
-import { appendFileSync, renameSync, statSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, renameSync, statSync, writeSync } from 'node:fs';
 import { type FileHandle, mkdir, open, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -66,15 +66,53 @@ export class EventLog implements Publisher {
   /** Appends an envelope as one line (see the module comment). */
   append(env: Envelope): void {
     try {
+      let ino = 0;
       try {
-        if (statSync(this.file).size > this.#maxBytes) renameSync(this.file, `${this.file}.1`);
+        const st = statSync(this.file);
+        if (st.size > this.#maxBytes) renameSync(this.file, `${this.file}.1`);
+        else ino = st.ino;
       } catch (err) {
         if (!isErrno(err, 'ENOENT')) throw err;
       }
-      appendFileSync(this.file, `${JSON.stringify(env)}\n`, { flag: 'a', mode: 0o600 });
+      writeSync(appendFd(this.file, ino), `${JSON.stringify(env)}\n`);
     } catch (err) {
       this.#onError(err);
     }
+  }
+}
+
+/**
+ * Descriptors (O_APPEND) of the log files this process appends to, reused while the path still
+ * names the same file: a container's start and removal publish eight events, and an open and a
+ * close of the file cost as much as the stat and the write that remain. A descriptor whose file
+ * was rotated or removed (by any process) is replaced; one unused for a second is closed.
+ */
+const appendFds = new Map<string, { fd: number; ino: number; idle: NodeJS.Timeout }>();
+const APPEND_FD_IDLE_MS = 1000;
+
+function appendFd(file: string, ino: number): number {
+  const held = appendFds.get(file);
+  if (held && held.ino === ino) {
+    held.idle.refresh();
+    return held.fd;
+  }
+  if (held) dropAppendFd(file);
+  const fd = openSync(file, 'a', 0o600);
+  const idle = setTimeout(() => dropAppendFd(file), APPEND_FD_IDLE_MS);
+  idle.unref();
+  appendFds.set(file, { fd, ino: fstatSync(fd).ino, idle });
+  return fd;
+}
+
+function dropAppendFd(file: string): void {
+  const held = appendFds.get(file);
+  if (!held) return;
+  appendFds.delete(file);
+  clearTimeout(held.idle);
+  try {
+    closeSync(held.fd);
+  } catch {
+    // already closed: nothing to release
   }
 }
 

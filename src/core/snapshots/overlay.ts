@@ -42,16 +42,19 @@ export class OverlaySnapshotter extends DirSnapshotter {
     parent: SnapshotRecord | undefined,
   ): Promise<void> {
     // A few metadata calls on new, empty directories: on the calling thread (microseconds each).
+    // Attributes are changed only where mkdir did not already give them: each change is an
+    // inode update in the file system's journal (0.1-0.3 ms on ext4 under load).
     const fs = path.join(dir, 'fs');
     mkdirSync(fs, { mode: 0o755 });
-    chmodSync(fs, 0o755);
     if (kind === 'active') mkdirSync(path.join(dir, 'work'), { mode: 0o700 });
-    if (parent) {
-      // The merged root takes its attributes from the upper directory.
-      const st = lstatSync(this.fsDir(parent.id));
-      chownSync(fs, st.uid, st.gid);
-      chmodSync(fs, st.mode & 0o7777);
-    }
+    // The merged root takes its attributes from the upper directory: the parent's root's.
+    const want = parent ? lstatSync(this.fsDir(parent.id)) : undefined;
+    const mode = want ? want.mode & 0o7777 : 0o755;
+    const got = lstatSync(fs);
+    const chown = want !== undefined && (got.uid !== want.uid || got.gid !== want.gid);
+    if (chown) chownSync(fs, want.uid, want.gid);
+    // chown clears the set-id bits: set the mode after it.
+    if (chown || (got.mode & 0o7777) !== mode) chmodSync(fs, mode);
   }
 
   protected mountsFor(rec: SnapshotRecord): Mount[] {
