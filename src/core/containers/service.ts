@@ -68,6 +68,7 @@ import { type ExtraMount, GENERATED_ETC_FILES, generateSpec, readSpec, writeSpec
 import { resolveUserInRootfs } from '../runtime/user.ts';
 import { ownerAlive, writeOwner } from '../runtime/owner.ts';
 import { runDirFor } from '../rundir.ts';
+import { withInitLayer } from './init.ts';
 import {
   type Container,
   type ContainerSpec,
@@ -313,7 +314,9 @@ export class ContainerService {
     let exit: RunResult | undefined;
     let started = false;
     try {
-      const mounts = await sn.mounts(c.snapshotKey);
+      // The image's init directory (./init.ts) keeps the runtime's mount-point stubs out of the
+      // container's own layer.
+      const mounts = await withInitLayer(await sn.mounts(c.snapshotKey));
       // A container removed when it exits never mounts its upper directory again: `volatile`
       // spares the unmount overlayfs's sync of the whole upper file system (~1 ms when idle,
       // as long as the host's dirty data takes when it is busy). Kernels before 5.10 refuse the
