@@ -5,11 +5,13 @@
  * containerd keeps such state under `/run/containerd` beside its root: none of it outlives a
  * reboot, nor needs to.
  *
- * - The directory is `/run/kiln/<first 16 hex digits of sha256(the root's real path)>`, mode
- *   0700, with a `root` file naming the root it belongs to. `KILN_RUN_DIR` replaces `/run/kiln`.
- * - `/run/kiln` must be a tmpfs. Where it is not (a `/run` on disk, as on some VMs), Kiln mounts
- *   one there (mode 0700, up to 256 MiB), holding `/run/kiln.lock` so that concurrent processes
- *   mount it once. It stays mounted, as `/run` would be, until the machine restarts.
+ * - The directory is `/run/kiln/state/<first 16 hex digits of sha256(the root's real path)>`,
+ *   mode 0700, with a `root` file naming the root it belongs to. `KILN_RUN_DIR` replaces
+ *   `/run/kiln/state` (kilnd's default socket, `/run/kiln/kilnd.sock`, stays outside it).
+ * - It should be a tmpfs. Where it is not (a `/run` on disk, as on some VMs) and still empty,
+ *   Kiln mounts one there (mode 0700, up to 256 MiB), holding `<it>.lock` so that concurrent
+ *   processes mount it once; it stays mounted, as `/run` would be, until the machine restarts.
+ *   A directory that already holds something is never mounted over: it is used as it is.
  * - Without the right to mount (no CAP_SYS_ADMIN), or when `/run` is not writable, the state goes
  *   to `<root>/run` on the root's own file system: slower, never wrong.
  *
@@ -24,6 +26,7 @@ import {
   lstatSync,
   mkdirSync,
   openSync,
+  readdirSync,
   realpathSync,
   statfsSync,
   writeFileSync,
@@ -65,21 +68,23 @@ function realPath(p: string): string {
 
 let base: string | null | undefined;
 
-/** `/run/kiln` (or KILN_RUN_DIR) on a tmpfs, mounting one when needed; null when that is impossible. */
+/** `/run/kiln/state` (or KILN_RUN_DIR), on a tmpfs mounted when needed; null when unusable. */
 function runBase(): string | null {
   if (base !== undefined) return base;
-  const dir = path.resolve(process.env.KILN_RUN_DIR || '/run/kiln');
+  const dir = path.resolve(process.env.KILN_RUN_DIR || '/run/kiln/state');
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const st = lstatSync(dir);
     if (!st.isDirectory() || (process.getuid && st.uid !== process.getuid())) {
       throw new Error(`"${dir}" is not a directory of this user`);
     }
-    if (!onTmpfs(dir)) {
+    if (!onTmpfs(dir) && readdirSync(dir).length === 0) {
       const lockFd = openSync(`${dir}.lock`, 'a', 0o600);
       try {
         native().flock(lockFd, LOCK.EX);
-        if (!onTmpfs(dir)) native().mount('kiln-run', dir, 'tmpfs', MS.NOSUID | MS.NODEV, RUN_TMPFS_OPTIONS);
+        if (!onTmpfs(dir) && readdirSync(dir).length === 0) {
+          native().mount('kiln-run', dir, 'tmpfs', MS.NOSUID | MS.NODEV, RUN_TMPFS_OPTIONS);
+        }
       } finally {
         closeSync(lockFd); // releases the lock
       }

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, statfsSync, statSync } from 'node:fs';
-import { mkdtemp, rm, symlink } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
@@ -52,7 +52,7 @@ test('a root gets one run directory on tmpfs, mode 0700, named by its real path'
   }
 });
 
-test('a base that is not a tmpfs gets one mounted; without a usable base the state stays under the root', async () => {
+test('an empty base that is not a tmpfs gets one mounted, a busy one is used as it is; without a usable base the state stays under the root', async () => {
   const onDisk = path.join(base, 'run-kiln');
   const root = path.join(base, 'root-c');
   const dir = runDirIn(root, { KILN_RUN_DIR: onDisk });
@@ -62,6 +62,15 @@ test('a base that is not a tmpfs gets one mounted; without a usable base the sta
   assert.equal(runDirIn(root, { KILN_RUN_DIR: onDisk }), dir);
   assert.equal((await readMountinfo()).filter((m) => m.mountPoint === onDisk).length, 1);
   await unmountAll(onDisk);
+
+  // A directory on disk that already holds something is used as it is, never mounted over.
+  const busy = path.join(base, 'busy');
+  await mkdir(busy);
+  await writeFile(path.join(busy, 'kilnd.sock'), '');
+  const onBusy = runDirIn(path.join(base, 'root-d'), { KILN_RUN_DIR: busy });
+  assert.equal(path.dirname(onBusy), busy);
+  assert.notEqual(statfsSync(busy).type, TMPFS_MAGIC);
+  assert.ok(existsSync(path.join(busy, 'kilnd.sock')));
 
   const file = path.join(base, 'a-file');
   execFileSync('touch', [file]);
