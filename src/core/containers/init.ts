@@ -78,7 +78,7 @@ async function makeInitDir(lowers: string[], init: string): Promise<boolean> {
     mkdirSync(tmp, { mode: 0o755 });
     const made =
       lowers.length === 1
-        ? await fillInitDir(lowers[0]!, tmp)
+        ? fillInitDir(lowers[0]!, tmp)
         : await withTempMount(
             [
               {
