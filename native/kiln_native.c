@@ -1013,8 +1013,24 @@ static napi_value js_spawn_piped(napi_env env, napi_callback_info info) {
   w->pid = pid;
   w->pidfd = pidfd;
   w->poll.data = w;
-  uv_poll_init(loop, &w->poll, pidfd);
-  uv_poll_start(&w->poll, UV_READABLE, child_poll_cb);
+  napi_threadsafe_function tsfn = w->tsfn;
+  int ue = uv_poll_init(loop, &w->poll, pidfd);
+  if (ue == 0) {
+    ue = uv_poll_start(&w->poll, UV_READABLE, child_poll_cb);
+    if (ue != 0) uv_close((uv_handle_t *)&w->poll, child_poll_closed); /* closes pidfd, frees w */
+  } else {
+    close(pidfd);
+    free(w);
+  }
+  if (ue != 0) {
+    /* Cannot watch it: kill and reap it here rather than leave a zombie nobody waits for. */
+    napi_release_threadsafe_function(tsfn, napi_tsfn_abort);
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+    pidfd = -1;
+    result = throw_errno(env, -ue, "uv_poll_start", NULL);
+    goto done;
+  }
   napi_value arr;
   napi_create_array_with_length(env, 4, &arr);
   int fds[4] = {pid, stdin_pipe ? in[1] : -1, out[0], err[0]};
