@@ -13,6 +13,7 @@ import { withInitLayer } from '../../src/core/containers/init.ts';
 import { importImages } from '../../src/core/images/index.ts';
 import { type Core, openCore } from '../../src/core/metadata/index.ts';
 import { type Mount, splitLowerdir, unmountAll, withTempMount } from '../../src/core/mount/mount.ts';
+import { native } from '../../src/core/native/index.ts';
 import { makeBusyboxLayout } from './fixtures/busybox-image.ts';
 
 let base = '';
@@ -56,6 +57,7 @@ test("the stubs an image lacks, under an /etc with the image's attributes; nothi
   await layer('custom-2', 'custom-1', async (d) => {
     await writeFile(path.join(d, 'etc', 'hostname'), 'image-name\n');
     await chown(path.join(d, 'etc'), 7, 8);
+    native().lsetxattr(path.join(d, 'etc'), 'user.kiln-test', Buffer.from('etc-xattr'), 0);
     await chmod(path.join(d, 'etc'), 0o750);
     await utimes(path.join(d, 'etc'), mtime, mtime);
   });
@@ -76,6 +78,7 @@ test("the stubs an image lacks, under an /etc with the image's attributes; nothi
     assert.equal(etc.mode & 0o7777, 0o750);
     assert.deepEqual([etc.uid, etc.gid], [7, 8]);
     assert.equal(etc.mtimeMs, mtime.getTime());
+    assert.equal(native().lgetxattr(path.join(root, 'etc'), 'user.kiln-test')?.toString(), 'etc-xattr');
     for (const d of ['dev', 'proc', 'sys']) assert.ok(lstatSync(path.join(root, d)).isDirectory());
   });
   // Made once: the next container of the image finds it.

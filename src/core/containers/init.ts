@@ -15,8 +15,8 @@
  *   content, `fs`, is not touched), or `<snapshots>/<id>/init-none` when the image needs no
  *   stubs. Other mount layouts (the native snapshotter, a bind mount) are left as they are.
  * - What: for each of /etc/hosts, /etc/resolv.conf, /etc/hostname that the image does not have,
- *   an empty file; /etc with the image's /etc's owner, mode and times (0755 root when the image
- *   has none), so that the merged /etc looks as it did; /dev, /proc and /sys (0755) where
+ *   an empty file; /etc with the image's /etc's owner, mode, times and extended attributes
+ *   (0755 root when the image has none), so that the merged /etc looks as it did; /dev, /proc and /sys (0755) where
  *   missing. A path the image has in any form (a file with content, a symlink) is never
  *   shadowed, nor is an /etc that is not a directory.
  * - How: read from the image's merged view (a read-only overlay of its layers, or the single
@@ -39,7 +39,7 @@ import path from 'node:path';
 import { isErrno } from '../errors.ts';
 import { removeTree } from '../fs/safe.ts';
 import { escapeOverlayPath, type Mount, splitLowerdir, withTempMount } from '../mount/mount.ts';
-import { lutimesNs } from '../native/index.ts';
+import { lutimesNs, native } from '../native/index.ts';
 
 const ETC_FILES = ['hosts', 'resolv.conf', 'hostname'] as const;
 const ROOT_DIRS = ['dev', 'proc', 'sys'] as const;
@@ -118,7 +118,14 @@ function fillInitDir(view: string, dir: string): boolean {
   mkdirSync(stubEtc, { mode: 0o755 });
   for (const f of missing) writeFileSync(path.join(stubEtc, f), '', { mode: 0o644 });
   if (etc) {
-    // The merged /etc takes its attributes from the topmost layer that has it: this one.
+    // The merged /etc takes its attributes from the topmost layer that has it: this one. Its
+    // extended attributes too, but overlayfs's own (an opaque mark would hide the image's /etc).
+    const src = path.join(view, 'etc');
+    for (const name of native().llistxattr(src)) {
+      if (name.startsWith('trusted.overlay.')) continue;
+      const value = native().lgetxattr(src, name);
+      if (value) native().lsetxattr(stubEtc, name, value, 0);
+    }
     chownSync(stubEtc, Number(etc.uid), Number(etc.gid));
     chmodSync(stubEtc, Number(etc.mode) & 0o7777);
     lutimesNs(stubEtc, etc.atimeNs, etc.mtimeNs);
