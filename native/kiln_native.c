@@ -898,8 +898,13 @@ static void child_poll_cb(uv_poll_t *h, int status, int events) {
     napi_call_threadsafe_function(w->tsfn, ex, napi_tsfn_nonblocking);
   }
   napi_release_threadsafe_function(w->tsfn, napi_tsfn_release);
-  uv_poll_stop(&w->poll);
-  uv_close((uv_handle_t *)&w->poll, child_poll_closed);
+  uv_close((uv_handle_t *)&w->poll, child_poll_closed); /* stops the poll too */
+}
+
+/* For a child that cannot be watched: killed and reaped here rather than left a zombie. */
+static void kill_and_reap(pid_t pid) {
+  kill(pid, SIGKILL);
+  while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
 }
 
 static void close_pair(int p[2]) {
@@ -1000,10 +1005,8 @@ static napi_value js_spawn_piped(napi_env env, napi_callback_info info) {
   if (pidfd < 0 || !w || napi_get_uv_event_loop(env, &loop) != napi_ok ||
       napi_create_threadsafe_function(env, argv[4], NULL, name, 0, 1, NULL, NULL, NULL, child_call_js, &w->tsfn) !=
           napi_ok) {
-    /* Cannot watch it: kill and reap it here rather than leave a zombie nobody waits for. */
     int saved = pidfd < 0 ? errno : ENOMEM;
-    kill(pid, SIGKILL);
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+    kill_and_reap(pid);
     if (pidfd >= 0) close(pidfd);
     pidfd = -1;
     free(w);
@@ -1023,10 +1026,8 @@ static napi_value js_spawn_piped(napi_env env, napi_callback_info info) {
     free(w);
   }
   if (ue != 0) {
-    /* Cannot watch it: kill and reap it here rather than leave a zombie nobody waits for. */
     napi_release_threadsafe_function(tsfn, napi_tsfn_abort);
-    kill(pid, SIGKILL);
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+    kill_and_reap(pid);
     pidfd = -1;
     result = throw_errno(env, -ue, "uv_poll_start", NULL);
     goto done;

@@ -10,10 +10,10 @@ import type { Logger } from 'pino';
 import { LocalContentStore } from '../core/content/store.ts';
 import { acquireStateLock, type StateLock } from '../core/lock.ts';
 import { openCore, type Core } from '../core/metadata/index.ts';
-import { removeTree } from '../core/fs/safe.ts';
-import { setTempMountRoot, unmountAll } from '../core/mount/mount.ts';
+import { setTempMountRoot } from '../core/mount/mount.ts';
 import { recoverMounts } from '../core/mount/recovery.ts';
 import { runDirFor } from '../core/rundir.ts';
+import { removeStaleBundles } from '../ops/bundles.ts';
 import { createLogger, type Globals, globalsOf } from './program.ts';
 
 export { defaultRoot, type Globals } from './program.ts';
@@ -72,13 +72,8 @@ export function createContextFor(globals: () => Globals): CliContext {
             );
           }
           if (lock.exclusive) {
-            // Exec bundles belong to running builds; with the root to ourselves, any left are stale
-            // (also where bundles were kept before they moved to the run directory).
-            for (const bundles of [path.join(runDirFor(g.root), 'bundles'), `${g.root}/ops/bundles`]) {
-              await unmountAll(bundles);
-              // Never recursively through a mount that could not be unmounted.
-              await removeTree(bundles);
-            }
+            // Exec bundles belong to running builds; with the root to ourselves, any left are stale.
+            await removeStaleBundles(runDirFor(g.root), path.join(g.root, 'ops'));
           }
         } finally {
           lock.downgrade();

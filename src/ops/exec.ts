@@ -53,6 +53,7 @@ import { readdirSync, rmdirSync, unlinkSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Writable } from 'node:stream';
+import { bundlesDir } from './bundles.ts';
 import type { Mount as CoreMount } from '../core/mount/mount.ts';
 import { errNotFound, KilnError } from '../core/errors.ts';
 import { lstatOrUndefined } from '../core/fs/meta.ts';
@@ -256,7 +257,7 @@ export class ExecOp implements Op {
     const meta = this.#op.meta!;
     await checkExecPlatform(this.#platform);
     const session = await OpSession.open(this.#env.core, `exec ${this.command}`);
-    const bundle = path.join(this.#env.runDir, 'bundles', randomBytes(8).toString('hex'));
+    const bundle = path.join(bundlesDir(this.#env.runDir), randomBytes(8).toString('hex'));
     const releases: (() => void)[] = [];
     const outputs: { index: number; key: string; dir: string }[] = [];
     const results: SnapshotRef[] = [];

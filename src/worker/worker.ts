@@ -8,16 +8,16 @@
  * definition through the worker's own Solver (cache index:
  * `<root>/cache.db`, a record whose snapshot is gone is a miss).
  *
- * The OCI runtime is probed once, on the first exec (`probeRuntime`, state in
- * `<root>/runtime`), unless one is given. Op state (bundles, cache mounts,
- * local checksum cache) lives in `<root>/ops`.
+ * The OCI runtime is probed once, on the first exec (`selectRuntime`, the
+ * choice kept in `<root>/runtime`), unless one is given. Op state that
+ * persists (cache mounts, local checksum cache) lives in `<root>/ops`, exec
+ * bundles in the root's run directory (../ops/bundles.ts).
  */
 import path from 'node:path';
 import { errNotFound, isKilnError } from '../core/errors.ts';
 import type { Core } from '../core/metadata/index.ts';
-import { removeTree } from '../core/fs/safe.ts';
-import { unmountAll } from '../core/mount/mount.ts';
 import { runDirFor } from '../core/rundir.ts';
+import { removeStaleBundles } from '../ops/bundles.ts';
 import { selectRuntime } from '../core/containers/select.ts';
 import type { OciRuntime } from '../core/runtime/runtime.ts';
 import type { Definition, Op as OpPb } from '../gen/kiln/llb/v1/llb_pb.ts';
@@ -227,12 +227,7 @@ export class Worker {
    * recovery.
    */
   async recover(): Promise<void> {
-    // Bundles were kept under the state directory before they moved to the run directory.
-    for (const bundles of [path.join(this.env.runDir, 'bundles'), path.join(this.env.stateDir, 'bundles')]) {
-      await unmountAll(bundles);
-      // Never recursively through a mount that could not be unmounted.
-      await removeTree(bundles);
-    }
+    await removeStaleBundles(this.env.runDir, this.env.stateDir);
     if (this.#runtime) await (await this.#runtime).cleanupStale().catch(() => {});
   }
 

@@ -40,8 +40,8 @@ import { isErrno } from '../errors.ts';
 import { removeTree } from '../fs/safe.ts';
 import { escapeOverlayPath, type Mount, splitLowerdir, withTempMount } from '../mount/mount.ts';
 import { lutimesNs, native } from '../native/index.ts';
+import { GENERATED_ETC_FILES } from '../runtime/spec.ts';
 
-const ETC_FILES = ['hosts', 'resolv.conf', 'hostname'] as const;
 const ROOT_DIRS = ['dev', 'proc', 'sys'] as const;
 
 /**
@@ -112,7 +112,7 @@ function fillInitDir(view: string, dir: string): boolean {
   }
   const etc = lstatOrNull(path.join(view, 'etc'), true);
   if (etc && !etc.isDirectory()) return made;
-  const missing = ETC_FILES.filter((f) => !etc || !lstatOrNull(path.join(view, 'etc', f)));
+  const missing = GENERATED_ETC_FILES.filter((f) => !etc || !lstatOrNull(path.join(view, 'etc', f)));
   if (missing.length === 0) return made;
   const stubEtc = path.join(dir, 'etc');
   mkdirSync(stubEtc, { mode: 0o755 });

@@ -137,6 +137,9 @@ export function mergeEnv(
   return [...out.values()];
 }
 
+/** What runTask writes into a bundle beside the rootfs mount point (the /etc files: generateSpec). */
+const BUNDLE_FILES = [...GENERATED_ETC_FILES, 'config.json', 'owner.json'];
+
 /** Age after which a half-made or unremoved `--rm` container is treated as left over by a dead process. */
 const LEFTOVER_AGE_MS = 60_000;
 
@@ -564,14 +567,15 @@ export class ContainerService {
   async #sweepLeftovers(cleaned: string[]): Promise<void> {
     const cutoff = Date.now() - this.#leftoverAgeMs;
     for (const c of this.store.list()) {
+      if (c.updatedAt.getTime() > cutoff || (!c.autoRemove && c.status !== 'running')) continue;
+      if (await this.isRunning(c.id)) continue;
       // A task recorded as running whose bundle is gone with no owner: its run directory was
       // lost with a reboot (rundir.ts), so nothing else would ever mark it stopped.
-      if (c.status === 'running' && c.updatedAt.getTime() <= cutoff && !(await this.isRunning(c.id))) {
+      if (c.status === 'running') {
         this.#markStopped(c.id, 255);
         this.#taskEnded(c.id, null, 255);
-        c.status = 'stopped';
       }
-      if (!c.autoRemove || c.updatedAt.getTime() > cutoff || (await this.isRunning(c.id))) continue;
+      if (!c.autoRemove) continue;
       await this.#remove(c);
       cleaned.push(`${this.namespace}/${c.id}`);
     }
@@ -605,9 +609,6 @@ export class ContainerService {
  * the caller to fall back to a careful removal. A missing file or directory
  * counts as removed. Unlinking never follows into a mount.
  */
-/** What runTask writes into a bundle beside the rootfs mount point (the /etc files: generateSpec). */
-const BUNDLE_FILES = [...GENERATED_ETC_FILES, 'config.json', 'owner.json'];
-
 function removeFiles(dir: string, names: readonly string[]): boolean {
   try {
     for (const n of names) {

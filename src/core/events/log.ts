@@ -4,7 +4,8 @@
  *
  * - Writers (`EventLog.publish`) deliver to their in-process bus, then append
  *   the envelope as one line with one write(2) on a descriptor opened with
- *   O_APPEND (kept open while the path names the same file, see appendFd), so lines of concurrent writers (several CLI processes) never
+ *   O_APPEND (kept open while the path names the same file, see appendFd),
+ *   so lines of concurrent writers (several CLI processes) never
  *   interleave or overwrite each other. Appending is synchronous and best
  *   effort: a failure to write the log goes to `onError` and never fails the
  *   operation that published the event.
