@@ -13,7 +13,7 @@
  *   metadata and source locations moved to the new digests.
  * - `sourceExcerpt(def, digest)`: the Dockerfile lines an op came from.
  */
-import { clone, create, fromBinary } from '@bufbuild/protobuf';
+import { create, fromBinary } from '@bufbuild/protobuf';
 import { sha256 } from '../core/digest.ts';
 import {
   type Definition,
@@ -70,7 +70,8 @@ export function withNetwork(def: Definition, mode: 'host' | 'none'): Definition 
   const ops = [...graph.vertices.map((v) => ({ digest: v.digest, op: v.op })), undefined];
   for (const entry of ops) {
     // The terminal op (last in def.def) is not a vertex of the graph; rebuild it from its input.
-    const op = entry ? clone(OpSchema, entry.op) : fromBinary(OpSchema, def.def.at(-1)!);
+    // structuredClone: a full copy of a proto3 message, natively (see llb/encoding.ts).
+    const op = entry ? structuredClone(entry.op) : fromBinary(OpSchema, def.def.at(-1)!);
     for (const input of op.inputs) input.digest = renamed.get(input.digest) ?? input.digest;
     if (op.op.case === 'exec' && op.op.value.network === NetworkMode.UNSPECIFIED) {
       op.op.value.network = mode === 'host' ? NetworkMode.HOST : NetworkMode.NONE;

@@ -18,7 +18,7 @@
  * read-only view whose own-key order is the sorted one. The unit tests check
  * the resulting byte order, so a change in the library shows up there.
  */
-import { clone, type DescMessage, type MessageShape, ScalarType, toBinary } from '@bufbuild/protobuf';
+import { type DescMessage, type MessageShape, ScalarType, toBinary } from '@bufbuild/protobuf';
 import { type Digest, sha256 } from '../core/digest.ts';
 import { type Op, OpSchema } from '../gen/kiln/llb/v1/llb_pb.ts';
 
@@ -86,7 +86,10 @@ function canonicalizeInPlace(desc: DescMessage, msg: Fields): void {
 
 /** Deterministic binary encoding of `msg` (see the module comment). */
 export function canonicalBinary<Desc extends DescMessage>(schema: Desc, msg: MessageShape<Desc>): Uint8Array {
-  const copy = clone(schema, msg);
+  // LLB messages are proto3 (plain objects, no defaults on a prototype), so the structured clone
+  // is a full copy; it is native, where protobuf-es's clone walks each field by reflection
+  // (~2 ms of a CLI build with a cold JIT).
+  const copy = structuredClone(msg);
   canonicalizeInPlace(schema, copy as unknown as Fields);
   return toBinary(schema, copy);
 }

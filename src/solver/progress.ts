@@ -64,9 +64,21 @@ export interface ProgressWriter {
   status(id: string, fields: { current: number; total?: number; started?: number; completed?: number }): void;
 }
 
-/** Epoch milliseconds with sub-millisecond precision (monotonic within a process). */
+let epochAtStart: number | undefined;
+let hrtimeAtStart = 0n;
+
+/**
+ * Epoch milliseconds with sub-millisecond precision (monotonic within a process): the wall clock
+ * read once, at the first call, then advanced by the monotonic clock. Not the global
+ * `performance`, whose first use loads node:perf_hooks (~2.5 ms of every CLI build).
+ */
 export function now(): number {
-  return performance.timeOrigin + performance.now();
+  const t = process.hrtime.bigint();
+  if (epochAtStart === undefined) {
+    epochAtStart = Date.now();
+    hrtimeAtStart = t;
+  }
+  return epochAtStart + Number(t - hrtimeAtStart) / 1e6;
 }
 
 /** A ProgressWriter that turns calls into events for one vertex. */
