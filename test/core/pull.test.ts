@@ -133,9 +133,33 @@ void describe('pull from docker-registry', () => {
     assert.equal(again.bytesFetched, 0);
     assert.ok(again.unpacked?.layers.every((l) => !l.unpacked));
 
-    // unpack() on its own also finds everything in place
-    const u = await unpack(core, img.manifest);
-    assert.equal(u.chainID, chains[1]);
+    // unpack() on its own also finds everything in place, and writes nothing to tell
+    const leases = core.leases;
+    const create = leases.create.bind(leases);
+    let leasesCreated = 0;
+    leases.create = (...args) => {
+      leasesCreated++;
+      return create(...args);
+    };
+    try {
+      const u = await unpack(core, img.manifest);
+      assert.equal(u.chainID, chains[1]);
+      assert.ok(u.layers.every((l) => !l.unpacked));
+      assert.equal(leasesCreated, 0, 'a no-op unpack takes no lease');
+
+      // The config's label alone is not trusted: a top snapshot that is gone is unpacked again.
+      const sn = await core.snapshotter();
+      await sn.remove(chains[1]!);
+      const redo = await unpack(core, img.manifest);
+      assert.deepEqual(
+        redo.layers.map((l) => l.unpacked),
+        [false, true],
+      );
+      assert.equal(leasesCreated, 1);
+      assert.deepEqual(await treeOf(core, chains[1]!), expected);
+    } finally {
+      leases.create = create;
+    }
   });
 
   void test('GC keeps a pulled image until it is removed, then collects blobs and snapshots', async () => {

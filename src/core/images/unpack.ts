@@ -96,6 +96,46 @@ export async function unpack(
   return unpackLayers(core, manifest, config, options);
 }
 
+/**
+ * The result of an unpack that has nothing to do, read without writing: the image's config names
+ * its top chain snapshot for this snapshotter (the label the last unpack left) and that snapshot
+ * exists (a committed snapshot's parents cannot go before it). Undefined when either is not so,
+ * and the full unpack runs. A rebuild with no change unpacks its bases and its result this way,
+ * without the temporary lease's four transactions.
+ *
+ * No lease is needed for the check: the full unpack's temporary lease ends when it returns, so a
+ * caller is no more protected after it than after this.
+ */
+async function alreadyUnpacked(
+  core: Core,
+  manifest: Manifest,
+  snapshotter: SnapshotterName | undefined,
+  chains: readonly Digest[],
+  diffIDs: readonly Digest[],
+): Promise<UnpackResult | undefined> {
+  const top = chains.at(-1);
+  if (top === undefined) return undefined;
+  const sn = await core.snapshotter(snapshotter);
+  try {
+    const info = await core.content.info(manifest.config.digest);
+    if (info.labels[`${LABEL_GC_REF_SNAPSHOT}.${sn.name}`] !== top) return undefined;
+    await sn.stat(top);
+  } catch (err) {
+    if (isKilnError(err, 'NotFound')) return undefined;
+    throw err;
+  }
+  return {
+    snapshotter: sn.name,
+    chainID: top,
+    layers: manifest.layers.map((l, i) => ({
+      digest: l.digest,
+      diffID: diffIDs[i]!,
+      chainID: chains[i]!,
+      unpacked: false,
+    })),
+  };
+}
+
 /** Unpacks already-parsed manifest and config (see the module comment). */
 export async function unpackLayers(
   core: Core,
@@ -111,6 +151,20 @@ export async function unpackLayers(
   }
   const chains = chainIDs(diffIDs);
   const temporary = options.lease === undefined;
+  if (temporary) {
+    const done = await alreadyUnpacked(core, manifest, options.snapshotter, chains, diffIDs);
+    if (done) {
+      for (let i = 0; i < manifest.layers.length; i++) {
+        options.progress?.({
+          digest: manifest.layers[i]!.digest,
+          index: i,
+          chainID: chains[i]!,
+          status: 'exists',
+        });
+      }
+      return done;
+    }
+  }
   const lease =
     options.lease ?? core.leases.create({ ttlMs: 3_600_000, labels: { 'kiln.dev/purpose': 'unpack' } }).id;
   try {
