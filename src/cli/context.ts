@@ -62,18 +62,23 @@ export function createContextFor(globals: () => Globals): CliContext {
         // Temporary mounts live under the root; a killed earlier run may have left some.
         const mountDir = `${g.root}/mounts`;
         setTempMountRoot(mountDir);
-        lock = acquireStateLock(`${g.root}/lock`);
+        const runDir = runDirFor(g.root);
+        lock = acquireStateLock(`${g.root}/lock`, { markers: path.join(runDir, 'holders') });
         try {
-          const report = await recoverMounts(mountDir);
-          if (report.unmounted.length > 0 || report.removed.length > 0) {
-            (await this.log()).info(
-              { unmounted: report.unmounted, removed: report.removed },
-              'recovered stale mounts',
-            );
+          // Alone on the root, and every earlier process released it cleanly: nothing to recover.
+          if (lock.mustRecover || !lock.exclusive) {
+            const report = await recoverMounts(mountDir);
+            if (report.unmounted.length > 0 || report.removed.length > 0) {
+              (await this.log()).info(
+                { unmounted: report.unmounted, removed: report.removed },
+                'recovered stale mounts',
+              );
+            }
           }
-          if (lock.exclusive) {
+          if (lock.mustRecover) {
             // Exec bundles belong to running builds; with the root to ourselves, any left are stale.
-            await removeStaleBundles(runDirFor(g.root), path.join(g.root, 'ops'));
+            await removeStaleBundles(runDir, path.join(g.root, 'ops'));
+            lock.recovered();
           }
         } finally {
           lock.downgrade();

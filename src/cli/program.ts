@@ -8,6 +8,7 @@
 import { Command, CommanderError } from 'commander';
 import type { Logger } from 'pino';
 import { KilnError } from '../core/errors.ts';
+import { noteLeftover } from '../core/lock.ts';
 
 export interface Globals {
   root: string;
@@ -119,6 +120,8 @@ export async function runProgram(
       // Help and version exit with 0; usage errors were already printed by commander.
       return err.exitCode === 0 ? 0 : 2;
     }
+    // A command that failed may have left cleanup undone: the next start recovers (core/lock.ts).
+    noteLeftover();
     const msg = err instanceof KilnError ? err.message : err instanceof Error ? err.message : String(err);
     process.stderr.write(`kiln: error: ${msg}\n`);
     if (process.env.KILN_DEBUG && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);

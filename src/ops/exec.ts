@@ -74,6 +74,7 @@ import type { OpEnv } from './env.ts';
 import { copyEntry, lstatMaybe } from './fsutil.ts';
 import { OpSession, type SnapshotRef, snapshotOf } from './refs.ts';
 import { forwardSocket, type SocketForward } from './ssh-forward.ts';
+import { noteLeftover } from '../core/lock.ts';
 
 const MAX_SUMMARY = 60;
 
@@ -452,10 +453,10 @@ export class ExecOp implements Op {
     } finally {
       for (const r of releases.reverse()) r();
       for (const f of forwards) await f.close().catch(() => {});
-      if (secretsDir || bundleTmpfs) await unmountAll(bundle).catch(() => {});
+      if (secretsDir || bundleTmpfs) await unmountAll(bundle).catch(noteLeftover);
       await session.close();
       // Refused (and left for recovery) if the secrets tmpfs could not be unmounted.
-      await removeTree(bundle).catch(() => {});
+      await removeTree(bundle).catch(noteLeftover);
     }
   }
 }

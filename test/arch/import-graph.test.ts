@@ -19,6 +19,7 @@ const LAYERS: [prefix: string, rank: number][] = [
   ['core/digest.ts', 0],
   ['core/lock.ts', 0],
   ['core/proc.ts', 0], // process facts from procfs (owner records)
+  ['core/rundir.ts', 0], // the run directory on tmpfs (state locks keep their markers there)
   ['core/sqlite.ts', 0], // prepared-statement cache for node:sqlite connections
   ['core/native/', 0],
   ['core/archive/', 1],

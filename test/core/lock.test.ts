@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { access, mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { access, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -20,8 +20,8 @@ const exists = (p: string) =>
     () => false,
   );
 
-async function startHolder(root: string): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [fixture, root], { stdio: ['pipe', 'pipe', 'inherit'] });
+async function startHolder(root: string, ...args: string[]): Promise<ChildProcess> {
+  const child = spawn(process.execPath, [fixture, root, ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
   await new Promise<void>((resolve, reject) => {
     child.stdout!.on('data', (d: Buffer) => {
       if (d.toString().includes('ready')) resolve();
@@ -72,13 +72,54 @@ void describe('state directory lock', () => {
     assert.equal(await exists(inflight), false, 'a lone opener removes what a dead process left');
   });
 
-  it('recovery still runs for a lone opener after a half-made snapshot', async () => {
+  it('with clean-exit markers, a lone holder must recover only after a holder that did not release cleanly', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'kiln-lock-markers-'));
+    dirs.push(dir);
+    const markers = path.join(dir, 'holders');
+    const lock = path.join(dir, 'lock');
+    const a = acquireStateLock(lock, { markers });
+    assert.equal(a.mustRecover, true, 'no recovery yet since the run directory was made');
+    a.recovered();
+    a.downgrade();
+    const b = acquireStateLock(lock, { markers });
+    assert.deepEqual([b.exclusive, b.mustRecover], [false, false]);
+    assert.equal((await readdir(markers)).filter((e) => e.startsWith('open.')).length, 2);
+    b.release();
+    a.release();
+    assert.deepEqual(await readdir(markers), ['recovered'], 'clean releases remove their markers');
+    const c = acquireStateLock(lock, { markers });
+    assert.deepEqual([c.exclusive, c.mustRecover], [true, false]);
+    c.release();
+    // A holder that died keeps its marker.
+    await writeFile(path.join(markers, 'open.4194305-0badc0de'), '');
+    const d = acquireStateLock(lock, { markers });
+    assert.equal(d.mustRecover, true);
+    d.recovered();
+    d.release();
+    assert.deepEqual(await readdir(markers), ['recovered'], "recovered() removes the dead holder's marker");
+  });
+
+  it('recovery runs for a lone opener after a holder that left work undone, not after a clean one', async () => {
     const root = await mkdtemp(path.join(os.tmpdir(), 'kiln-lock-alone-'));
     dirs.push(root);
+    const half = path.join(root, 'snapshots', 'tmp-half');
+    const inflight = path.join(root, 'snapshots', 'tmp-inflight');
     await (await createSnapshotter('native', root)).close();
-    await mkdir(path.join(root, 'snapshots', 'tmp-half'), { recursive: true });
-    const sn = await createSnapshotter('native', root);
-    await sn.close();
-    assert.equal(await exists(path.join(root, 'snapshots', 'tmp-half')), false);
+    const finish = async (holder: ChildProcess): Promise<void> => {
+      const exited = new Promise((r) => holder.once('exit', r));
+      holder.stdin!.end();
+      await exited;
+    };
+    // A holder that closed cleanly is trusted: its leftovers stay until a recovery runs.
+    await finish(await startHolder(root));
+    await mkdir(half, { recursive: true });
+    await (await createSnapshotter('native', root)).close();
+    assert.ok(await exists(inflight));
+    assert.ok(await exists(half));
+    // One that said it left work undone makes the next lone opener recover.
+    await finish(await startHolder(root, 'leftover'));
+    await (await createSnapshotter('native', root)).close();
+    assert.equal(await exists(half), false);
+    assert.equal(await exists(inflight), false);
   });
 });

@@ -12,6 +12,7 @@ import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { mountAll, unmountAll, withTempMount } from '../../src/core/mount/mount.ts';
 import { mountsUnder, readMountinfo } from '../../src/core/mount/mountinfo.ts';
+import { runDirFor } from '../../src/core/rundir.ts';
 import { createSnapshotter, supportsOverlay } from '../../src/core/snapshots/index.ts';
 import { MetaStore } from '../../src/core/snapshots/storage.ts';
 import type { Snapshotter } from '../../src/core/snapshots/types.ts';
@@ -157,6 +158,8 @@ void describe('snapshot drivers', () => {
         path.join(snaps, 'tmp-crashed'),
       );
       assert.equal(mountsUnder(await readMountinfo(), root).length, 2);
+      // The killed process kept its holder's marker (core/lock.ts): the next lone opener recovers.
+      await fs.writeFile(path.join(runDirFor(root), 'holders', 'open.4194305-killed'), '');
 
       sn = await createSnapshotter(driver, root);
       try {
@@ -189,8 +192,10 @@ void describe('snapshot drivers', () => {
       await sn.commit('lost-child', 'lc');
       await sn.view('lost-view', 'lost-child');
       await sn.close();
-      // A power loss kept the record of "lost" but not the rename of its directory.
+      // A power loss kept the record of "lost" but not the rename of its directory. The restart
+      // emptied the run directory (a tmpfs), so no recovery has run since: the next opener recovers.
       await fs.rm(path.join(snaps, lostDir), { recursive: true });
+      await fs.rm(path.join(runDirFor(root), 'holders'), { recursive: true });
 
       sn = await createSnapshotter(driver, root);
       try {

@@ -43,6 +43,7 @@ import { KilnError, errInvalidArgument } from '../../core/errors.ts';
 import type { ProgressEvent } from '../../solver/progress.ts';
 import { collect } from '../format.ts';
 import { createPrinter, parseProgressMode } from '../progress/index.ts';
+import { noteLeftover } from '../../core/lock.ts';
 
 export interface BuildOptions {
   file?: string;
@@ -192,7 +193,8 @@ export async function runBuild(ctx: CliContext, contextArg: string, opts: BuildO
           root: g.root,
           emit,
           stdout: process.stdout,
-          stdin: process.stdin,
+          // process.stdin is made on first use (~3 ms): only for a context or Dockerfile on stdin.
+          ...(params.context === '-' || params.file === '-' ? { stdin: process.stdin } : {}),
           signal: abort.signal,
         });
       }
@@ -285,6 +287,9 @@ Examples:
     )
     .action(async (contextArg: string, opts: BuildOptions) => {
       const code = await runBuild(ctx, contextArg, opts);
-      if (code !== 0) setExitCode(code);
+      if (code !== 0) {
+        noteLeftover(); // a failed build may have left cleanup undone: the next start recovers
+        setExitCode(code);
+      }
     });
 }

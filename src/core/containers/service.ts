@@ -76,6 +76,7 @@ import {
   type Network,
   validateContainerId,
 } from './store.ts';
+import { noteLeftover } from '../lock.ts';
 
 export interface CreateContainerOptions {
   /** Default: 12 random hex digits. */
@@ -486,7 +487,7 @@ export class ContainerService {
     if (!removeEmptyDir(bundle)) {
       await this.#cleanBundle(bundle);
       // not empty (leftovers recovery handles) or already gone
-      removeEmptyDir(bundle);
+      if (!removeEmptyDir(bundle) && existsSync(bundle)) noteLeftover();
     }
     const sn = await this.core.snapshotter(c.snapshotter as SnapshotterName);
     try {

@@ -36,6 +36,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { errInvalidArgument, errUnavailable, isErrno, wrap } from '../errors.ts';
 import { MNT, MS, native } from '../native/index.ts';
 import { isAtOrBelow, mountsUnder, readMountinfoSync } from './mountinfo.ts';
+import { noteLeftover } from '../lock.ts';
 
 /** One mount, as mount(8) would take it; snapshotters return lists of these. */
 export interface Mount {
@@ -282,7 +283,7 @@ export async function mountAll(mounts: Mount[], target: string): Promise<void> {
       const dest = await resolveDest(target, m.target);
       mountOne(m, dest);
     } catch (err) {
-      await unmountNew(target, before).catch(() => {});
+      await unmountNew(target, before).catch(noteLeftover);
       throw wrap(err, `mount ${m.type} "${m.source}" on "${path.join(target, m.target ?? '')}"`);
     }
   }
@@ -415,6 +416,7 @@ export function cleanupTempMountsSync(): void {
       activeTemp.delete(dir);
     } catch {
       // Best effort at exit: recoverMounts() handles what is left.
+      noteLeftover();
     }
   }
 }
@@ -460,7 +462,7 @@ export async function withTempMount<T>(
   try {
     await mountAll(mounts, dir);
   } catch (err) {
-    await rmdir(dir).catch(() => {});
+    await rmdir(dir).catch(noteLeftover);
     activeTemp.delete(dir);
     throw err;
   }

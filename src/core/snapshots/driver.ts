@@ -37,6 +37,7 @@ import {
 import { mountsAtOrBelow, removeTree } from '../fs/safe.ts';
 import { recoverMounts } from '../mount/recovery.ts';
 import { acquireStateLock, type StateLock } from '../lock.ts';
+import { runDirFor } from '../rundir.ts';
 import { MetaStore, type SnapshotRecord, toInfo } from './storage.ts';
 import type { Mount, SnapshotInfo, SnapshotOptions, Snapshotter, Usage } from './types.ts';
 
@@ -96,9 +97,9 @@ function holdLock(root: string): StateLock {
   const held = locks.get(root);
   if (held) {
     held.refs++;
-    return { exclusive: false, downgrade() {}, release() {} };
+    return { exclusive: false, mustRecover: false, recovered() {}, downgrade() {}, release() {} };
   }
-  const lock = acquireStateLock(path.join(root, 'lock'));
+  const lock = acquireStateLock(path.join(root, 'lock'), { markers: path.join(runDirFor(root), 'holders') });
   locks.set(root, { lock, refs: 1 });
   return lock;
 }
@@ -130,12 +131,13 @@ export abstract class DirSnapshotter implements Snapshotter {
     const abs = path.resolve(root);
     await mkdir(path.join(abs, 'snapshots'), { recursive: true, mode: 0o700 });
     // Recovery removes what a dead process left half made; it runs only when no other
-    // process has this root open (the lock is exclusive), or it would delete their work.
+    // process has this root open (the lock is exclusive), or it would delete their work, and
+    // only when an earlier holder did not release the root cleanly (../lock.ts).
     const lock = holdLock(abs);
-    if (lock.exclusive) await recoverMounts(abs);
+    if (lock.mustRecover) await recoverMounts(abs);
     const ms = MetaStore.open(abs);
     try {
-      if (lock.exclusive) {
+      if (lock.mustRecover) {
         const dir = path.join(abs, 'snapshots');
         const names = await readdir(dir);
         const present = new Set(names.filter((n) => /^\d+$/.test(n)).map(Number));
@@ -146,6 +148,7 @@ export abstract class DirSnapshotter implements Snapshotter {
           if (!known && (name.startsWith('tmp-') || /^\d+$/.test(name)))
             await removeTree(path.join(dir, name));
         }
+        lock.recovered();
       }
     } catch (err) {
       ms.close();

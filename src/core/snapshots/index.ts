@@ -12,6 +12,7 @@ import { mountAll, unmountAll } from '../mount/mount.ts';
 import { NativeSnapshotter } from './native.ts';
 import { OverlaySnapshotter } from './overlay.ts';
 import type { Snapshotter } from './types.ts';
+import { noteLeftover } from '../lock.ts';
 
 export type { Kind, Mount, SnapshotInfo, SnapshotOptions, Snapshotter, Usage } from './types.ts';
 export type SnapshotterDriver = 'overlayfs' | 'native';
@@ -43,6 +44,7 @@ export async function supportsOverlay(dir: string): Promise<boolean> {
     }
   } catch {
     ok = false;
+    noteLeftover(); // the probe directory may be left (see above)
   }
   await rm(probe, { recursive: true, force: true });
   return ok;
