@@ -9,6 +9,7 @@ import { Command, CommanderError } from 'commander';
 import type { Logger } from 'pino';
 import { KilnError } from '../core/errors.ts';
 import { noteLeftover } from '../core/lock.ts';
+import { closeForExit } from '../core/sqlite.ts';
 
 export interface Globals {
   root: string;
@@ -140,7 +141,26 @@ export function startCli(run: (argv: string[]) => Promise<number>): void {
       throw err;
     });
   }
-  void run(process.argv).then((code) => {
-    process.exitCode = code;
-  });
+  // The stores park their SQLite connections at close instead of checkpointing (core/sqlite.ts):
+  // the process exits with process.exit(), which leaves them be, as soon as the command is done.
+  closeForExit();
+  void run(process.argv)
+    .then(
+      (code) => {
+        process.exitCode = code;
+      },
+      (err: unknown) => {
+        process.stderr.write(`kiln: error: ${err instanceof Error ? err.message : String(err)}\n`);
+        process.exitCode = 1;
+      },
+    )
+    // Writes to a pipe can still be queued (a full pipe, a slow reader): let them out first.
+    .then(() => Promise.all([drained(process.stdout), drained(process.stderr)]))
+    .finally(() => process.exit());
+}
+
+/** Resolves once everything written to `stream` so far has left the process (or failed to). */
+function drained(stream: NodeJS.WriteStream): Promise<void> {
+  if (stream.writableLength === 0 || stream.destroyed) return Promise.resolve();
+  return new Promise((resolve) => stream.write('', () => resolve()));
 }

@@ -26,6 +26,7 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
+import { closeDatabase } from '../core/sqlite.ts';
 import { errInvalidArgument, wrap } from '../core/errors.ts';
 
 export interface CacheRecord {
@@ -263,7 +264,8 @@ export class SqliteCacheManager implements CacheManager {
     return [...byKey.values()].sort((a, b) => a.lastUsedAt - b.lastUsedAt);
   }
 
+  /** See core/sqlite.ts `closeDatabase`. */
   close(): void {
-    if (this.#db.isOpen) this.#db.close();
+    closeDatabase(this.#db, this.path);
   }
 }

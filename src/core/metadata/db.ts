@@ -11,7 +11,8 @@
  * must never stay open across an `await`. Nested calls run as savepoints.
  *
  * Durability: `synchronous=NORMAL` (a commit is not fsynced; the WAL is
- * synced at each checkpoint, and `close()` checkpoints). A commit survives a
+ * synced at each checkpoint, and `close()` checkpoints, or in the CLI syncs the WAL:
+ * core/sqlite.ts `closeDatabase`). A commit survives a
  * process crash or kill (the WAL is in the page cache); after a power loss
  * or kernel crash the database is intact but may lack the transactions of
  * the command that was running, which leaves only what a crash between a
@@ -30,7 +31,7 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite';
-import { statementCache } from '../sqlite.ts';
+import { closeDatabase, statementCache } from '../sqlite.ts';
 import { errInvalidArgument, wrap } from '../errors.ts';
 import type { Labels } from '../content/types.ts';
 
@@ -344,15 +345,9 @@ export class MetadataDB {
     });
   }
 
-  /** Checkpoints the WAL (which syncs it: see Durability above) and closes. */
+  /** Checkpoints the WAL (which syncs it: see Durability above) and closes; see core/sqlite.ts `closeDatabase`. */
   close(): void {
-    if (!this.sqlite.isOpen) return;
-    try {
-      this.sqlite.exec('PRAGMA wal_checkpoint(PASSIVE)');
-    } catch {
-      // busy: the last connection's close checkpoints anyway
-    }
-    this.sqlite.close();
+    closeDatabase(this.sqlite, this.path);
   }
 }
 

@@ -21,7 +21,7 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
-import { statementCache } from '../sqlite.ts';
+import { closeDatabase, statementCache } from '../sqlite.ts';
 import type { Labels } from '../content/types.ts';
 import { errAlreadyExists, errFailedPrecondition, errInvalidArgument, errNotFound, wrap } from '../errors.ts';
 import type { Kind, SnapshotInfo, Usage } from './types.ts';
@@ -341,13 +341,8 @@ export class MetaStore {
   }
 
   /** Checkpoints the WAL (which syncs it) and closes. */
+  /** See core/sqlite.ts `closeDatabase`. */
   close(): void {
-    if (!this.#db.isOpen) return;
-    try {
-      this.#db.exec('PRAGMA wal_checkpoint(PASSIVE)');
-    } catch {
-      // busy: the last connection's close checkpoints anyway
-    }
-    this.#db.close();
+    closeDatabase(this.#db, this.path);
   }
 }
