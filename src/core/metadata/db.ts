@@ -11,14 +11,14 @@
  * must never stay open across an `await`. Nested calls run as savepoints.
  *
  * Durability: `synchronous=NORMAL` (a commit is not fsynced; the WAL is
- * synced at each checkpoint, and `close()` checkpoints, or in the CLI syncs the WAL:
- * core/sqlite.ts `closeDatabase`). A commit survives a
+ * synced at each checkpoint, and `close()` checkpoints; in the CLI it syncs
+ * the WAL instead: core/sqlite.ts `closeDatabase`). A commit survives a
  * process crash or kill (the WAL is in the page cache); after a power loss
  * or kernel crash the database is intact but may lack the transactions of
  * the command that was running, which leaves only what a crash between a
  * backend write and its record already leaves (backend objects without a
  * record, removed by GC and startup recovery). Every finished command is
- * durable: the CLI closes its stores before it exits. A build makes a few
+ * durable: the CLI closes its stores (syncing their WALs) before it exits. A build makes a few
  * hundred small transactions; fsyncing each cost ~15% of a small build.
  *
  * `gcLock` is the in-process lock that makes a GC run safe against work in
