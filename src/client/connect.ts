@@ -7,7 +7,8 @@
  * (src/control/server.ts). Connect's own Node client needs node:http2 and
  * the WHATWG `Headers` (undici): loading them costs a process ~65 ms, which
  * is more than a whole no-change build takes on a running kilnd. The two
- * calls a client makes need only node:http and this much of the protocol:
+ * calls a client makes need only one HTTP/1.1 request per connection
+ * (./http1.ts, on node:net) and this much of the protocol:
  *
  * - Unary: `POST /<service>/<method>`, `Content-Type: application/proto`,
  *   the message as the body; 200 with the reply as the body, or an error
@@ -20,13 +21,7 @@
  * No compression is offered, so none is used. Aborting the signal closes
  * the connection, which cancels the call on the server.
  */
-import type http from 'node:http';
-
-// Not `import http from 'node:http'`: an ES module import of a built-in reads all its exports, and
-// node:http's include getters that load undici (~30 ms, the cost this module exists to avoid).
-// Loaded on first use, so that a start-up snapshot can hold this module.
-const httpRequest = (options: http.RequestOptions): http.ClientRequest =>
-  process.getBuiltinModule('node:http').request(options);
+import { type Http1Response, request as http1Request } from './http1.ts';
 
 /** A failed call: `code` is the Connect protocol's (snake_case gRPC code names, e.g. `invalid_argument`). */
 export class RpcError extends Error {
@@ -125,51 +120,35 @@ function parseJson(text: string): unknown {
 }
 
 /** Sends one request; resolves with the response once its headers are in. */
-function post(
+async function post(
   socketPath: string,
   procedure: string,
   contentType: string,
   body: Uint8Array,
   opts: RpcOptions,
-): Promise<{ res: http.IncomingMessage; req: http.ClientRequest }> {
-  return new Promise((resolve, reject) => {
-    if (opts.signal?.aborted) {
-      reject(new RpcError('canceled', 'the call was canceled before it started'));
-      return;
-    }
-    const req = httpRequest({
-      // A connection of its own, without an agent (whose first request compiles Node's IPv6
-      // pattern, ~6 ms, to name a TLS server that a unix socket has not).
-      createConnection: () => process.getBuiltinModule('node:net').connect(socketPath),
+): Promise<Http1Response> {
+  if (opts.signal?.aborted) throw new RpcError('canceled', 'the call was canceled before it started');
+  try {
+    return await http1Request(socketPath, {
       method: 'POST',
       path: procedure,
-      headers: {
-        // The authority is a placeholder: the connection is the unix socket.
-        host: 'kilnd',
-        'content-type': contentType,
-        'content-length': body.length,
-        'connect-protocol-version': '1',
-      },
+      headers: { 'Content-Type': contentType, 'Connect-Protocol-Version': '1' },
+      body,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      abortError: () => new RpcError('canceled', 'the call was canceled'),
     });
-    const onAbort = (): void => {
-      req.destroy(new RpcError('canceled', 'the call was canceled'));
-    };
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
-    req.once('close', () => opts.signal?.removeEventListener('abort', onAbort));
-    req.once('error', (err: NodeJS.ErrnoException) => {
-      if (err instanceof RpcError) reject(err);
-      else if (err.code && UNREACHABLE.has(err.code) && err.syscall === 'connect')
-        reject(new RpcError('unavailable', err.message, { cause: err, unreachable: true }));
-      else reject(new RpcError('unavailable', err.message, { cause: err }));
-    });
-    req.once('response', (res) => resolve({ res, req }));
-    req.end(body);
-  });
+  } catch (err) {
+    if (err instanceof RpcError) throw err;
+    const e = err as NodeJS.ErrnoException;
+    if (e.code && UNREACHABLE.has(e.code) && e.syscall === 'connect')
+      throw new RpcError('unavailable', e.message, { cause: e, unreachable: true });
+    throw new RpcError('unavailable', e.message, { cause: e });
+  }
 }
 
-async function readAll(res: http.IncomingMessage): Promise<Buffer> {
+async function readAll(res: Http1Response): Promise<Buffer> {
   const chunks: Buffer[] = [];
-  for await (const c of res) chunks.push(c as Buffer);
+  for await (const c of res.body) chunks.push(c);
   return Buffer.concat(chunks);
 }
 
@@ -180,20 +159,17 @@ export async function unaryCall(
   request: Uint8Array,
   opts: RpcOptions = {},
 ): Promise<Uint8Array> {
-  const { res } = await post(socketPath, procedure, 'application/proto', request, opts);
+  const res = await post(socketPath, procedure, 'application/proto', request, opts);
   const body = await readAll(res);
   if (res.statusCode === 200) return body;
   throw statusError(res, body);
 }
 
 /** The error of a reply that is not 200: its Connect error JSON, else its HTTP status. */
-function statusError(res: http.IncomingMessage, body: Buffer): RpcError {
+function statusError(res: Http1Response, body: Buffer): RpcError {
   return (
     errorFromJson(parseJson(body.toString('utf8'))) ??
-    new RpcError(
-      codeOfStatus(res.statusCode ?? 0),
-      `HTTP ${res.statusCode} ${res.statusMessage ?? ''}`.trim(),
-    )
+    new RpcError(codeOfStatus(res.statusCode), `HTTP ${res.statusCode} ${res.statusMessage}`.trim())
   );
 }
 
@@ -204,19 +180,13 @@ export async function* serverStreamCall(
   request: Uint8Array,
   opts: RpcOptions = {},
 ): AsyncGenerator<Uint8Array> {
-  const { res, req } = await post(
-    socketPath,
-    procedure,
-    'application/connect+proto',
-    envelope(request),
-    opts,
-  );
+  const res = await post(socketPath, procedure, 'application/connect+proto', envelope(request), opts);
   try {
     if (res.statusCode !== 200) throw statusError(res, await readAll(res));
     const reader = new EnvelopeReader();
     let ended = false;
-    for await (const chunk of res) {
-      for (const env of reader.push(chunk as Buffer)) {
+    for await (const chunk of res.body) {
+      for (const env of reader.push(chunk)) {
         if (ended) throw new RpcError('internal', 'protocol error: a message after the end of the stream');
         if (env.flags & FLAG_COMPRESSED) {
           throw new RpcError('internal', 'protocol error: a compressed message, though none was offered');
@@ -238,6 +208,6 @@ export async function* serverStreamCall(
       throw new RpcError('unavailable', 'the connection closed before the end of the stream');
   } finally {
     // Also when the consumer stops early: the server sees the connection close and cancels.
-    if (!res.complete) req.destroy();
+    if (!res.complete) res.destroy();
   }
 }
