@@ -251,6 +251,32 @@ describe('kiln build', () => {
     assert.doesNotMatch(r.stderr, /kiln: error/); // reported once, by the printer
   });
 
+  test('a tar export to a slow reader on stdout arrives whole before the process exits', async () => {
+    // The CLI ends with process.exit() (core/sqlite.ts closeForExit), which drops whatever is
+    // still queued for a full pipe: the tar exporter waits for each write, and startCli waits for
+    // stdout to drain besides. The tar is ~2 MB, the pipe holds 64 KiB.
+    const dir = await context('app', APP);
+    const file = path.join(base, 'slow-reader.tar');
+    const toFile = await kiln(['build', '--progress=quiet', '-o', `type=tar,dest=${file}`, dir]);
+    assert.equal(toFile.code, 0, toFile.stderr);
+    const env = { ...process.env, NODE_COMPILE_CACHE: path.join(base, 'node-cache') };
+    const child = spawn(bin, ['--root', root, 'build', '--progress=quiet', '-o', 'type=tar,dest=-', dir], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env,
+    });
+    child.stdout.pause();
+    await sleep(1500); // nothing read: the build finishes with most of the tar queued in the process
+    const chunks: Buffer[] = [];
+    child.stdout.on('data', (b: Buffer) => chunks.push(b));
+    child.stdout.resume();
+    const code = await new Promise<number | null>((r) => child.on('close', r));
+    assert.equal(code, 0);
+    const expected = await readFile(file);
+    assert.ok(expected.length > 1024 * 1024, `a tar of ${expected.length} bytes`);
+    assert.equal(Buffer.concat(chunks).length, expected.length);
+    assert.ok(Buffer.concat(chunks).equals(expected), 'the same bytes as the file export');
+  });
+
   test('oci, docker and local outputs, --iidfile and --metadata-file', async () => {
     const dir = await context('app', APP);
     const out = path.join(base, 'out');
