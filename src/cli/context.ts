@@ -8,7 +8,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import type { Logger } from 'pino';
 import { LocalContentStore } from '../core/content/store.ts';
-import { acquireStateLock, type StateLock } from '../core/lock.ts';
+import { acquireStateLock, markersFor, type StateLock } from '../core/lock.ts';
 import { openCore, type Core } from '../core/metadata/index.ts';
 import { setTempMountRoot } from '../core/mount/mount.ts';
 import { recoverMounts } from '../core/mount/recovery.ts';
@@ -62,8 +62,7 @@ export function createContextFor(globals: () => Globals): CliContext {
         // Temporary mounts live under the root; a killed earlier run may have left some.
         const mountDir = `${g.root}/mounts`;
         setTempMountRoot(mountDir);
-        const runDir = runDirFor(g.root);
-        lock = acquireStateLock(`${g.root}/lock`, { markers: path.join(runDir, 'holders') });
+        lock = acquireStateLock(`${g.root}/lock`, { markers: markersFor(g.root) });
         try {
           // Alone on the root, and every earlier process released it cleanly: nothing to recover.
           if (lock.mustRecover || !lock.exclusive) {
@@ -77,7 +76,7 @@ export function createContextFor(globals: () => Globals): CliContext {
           }
           if (lock.mustRecover) {
             // Exec bundles belong to running builds; with the root to ourselves, any left are stale.
-            await removeStaleBundles(runDir, path.join(g.root, 'ops'));
+            await removeStaleBundles(runDirFor(g.root), path.join(g.root, 'ops'));
             lock.recovered();
           }
         } finally {

@@ -199,9 +199,8 @@ export function request(socketPath: string, req: Http1Request): Promise<Http1Res
   let failure: Error | undefined;
   let ended = false;
   let wake: (() => void) | undefined;
-  let head: Head | undefined;
-  let onHead: ((h: Head) => void) | undefined;
-  let onFail: ((err: Error) => void) | undefined;
+  // Settled by the first of: the response head, a failure (later ones are no-ops).
+  const head = Promise.withResolvers<Head>();
 
   const notify = (): void => {
     const w = wake;
@@ -212,7 +211,7 @@ export function request(socketPath: string, req: Http1Request): Promise<Http1Res
     if (failure || ended) return;
     failure = err;
     socket.destroy();
-    onFail?.(err);
+    head.reject(err);
     notify();
   };
 
@@ -225,10 +224,7 @@ export function request(socketPath: string, req: Http1Request): Promise<Http1Res
       fail(err as Error);
       return;
     }
-    if (part.head) {
-      head = part.head;
-      onHead?.(head);
-    }
+    if (part.head) head.resolve(part.head);
     for (const d of part.data) {
       queue.push(d);
       queued += d.length;
@@ -297,12 +293,5 @@ export function request(socketPath: string, req: Http1Request): Promise<Http1Res
     },
   });
 
-  return new Promise<Http1Response>((resolve, reject) => {
-    if (failure) reject(failure);
-    else if (head) resolve(response(head));
-    else {
-      onHead = (h) => resolve(response(h));
-      onFail = reject;
-    }
-  });
+  return head.promise.then(response);
 }

@@ -69,8 +69,7 @@ export class BuildImageResolver implements OpsImageResolver {
     progress?: (p: PullProgress) => void,
   ) => Promise<{ digest: string; config: ImageConfig }> {
     return async (ref, platform, progress) => {
-      // The pull's time limit is made only for a pull: AbortSignal.timeout costs ~1 ms cold.
-      const f = await this.#find(ref, platform, () => AbortSignal.timeout(30 * 60_000), progress);
+      const f = await this.#find(ref, platform, undefined, progress);
       return { digest: f.manifest.digest, config: f.config };
     };
   }
@@ -89,7 +88,7 @@ export class BuildImageResolver implements OpsImageResolver {
   #find(
     ref: string,
     platform: Platform | undefined,
-    signal: AbortSignal | (() => AbortSignal),
+    signal: AbortSignal | undefined,
     progress?: (p: PullProgress) => void,
   ): Promise<Found> {
     const want = platform ?? hostPlatform();
@@ -106,7 +105,8 @@ export class BuildImageResolver implements OpsImageResolver {
   async #lookup(
     ref: string,
     want: Platform,
-    signal: AbortSignal | (() => AbortSignal),
+    /** The pull's; without one (the frontend's lookups), a pull gets 30 minutes. */
+    signal: AbortSignal | undefined,
     progress?: (p: PullProgress) => void,
   ): Promise<Found> {
     const parsed = parseReference(ref);
@@ -125,7 +125,8 @@ export class BuildImageResolver implements OpsImageResolver {
         const res = await pull(this.#core, parsed, {
           ...this.#opts.pull,
           platform: want,
-          signal: typeof signal === 'function' ? signal() : signal,
+          // Made here, for a pull only: AbortSignal.timeout costs ~1 ms cold.
+          signal: signal ?? AbortSignal.timeout(30 * 60_000),
           ...(progress ? { progress } : {}),
         });
         target = res.target;

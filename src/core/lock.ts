@@ -28,6 +28,7 @@ import { closeSync, existsSync, mkdirSync, openSync, readdirSync, rmSync, writeF
 import { dirname, join } from 'node:path';
 import { errUnavailable, isErrno } from './errors.ts';
 import { LOCK, native } from './native/index.ts';
+import { runDirFor } from './rundir.ts';
 
 export interface StateLock {
   /** True when this process holds the lock alone (it may recover). */
@@ -54,6 +55,11 @@ let leftovers = false;
  */
 export function noteLeftover(): void {
   leftovers = true;
+}
+
+/** Where the clean-exit markers of the locks on the state directory `root` live: its run directory's `holders/`. */
+export function markersFor(root: string): string {
+  return join(runDirFor(root), 'holders');
 }
 
 const OPEN_PREFIX = 'open.';

@@ -154,14 +154,8 @@ export async function unpackLayers(
   if (temporary) {
     const done = await alreadyUnpacked(core, manifest, options.snapshotter, chains, diffIDs);
     if (done) {
-      for (let i = 0; i < manifest.layers.length; i++) {
-        options.progress?.({
-          digest: manifest.layers[i]!.digest,
-          index: i,
-          chainID: chains[i]!,
-          status: 'exists',
-        });
-      }
+      for (const [index, l] of done.layers.entries())
+        options.progress?.({ digest: l.digest, index, chainID: l.chainID, status: 'exists' });
       return done;
     }
   }

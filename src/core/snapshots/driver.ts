@@ -36,8 +36,7 @@ import {
 } from '../errors.ts';
 import { mountsAtOrBelow, removeTree } from '../fs/safe.ts';
 import { recoverMounts } from '../mount/recovery.ts';
-import { acquireStateLock, type StateLock } from '../lock.ts';
-import { runDirFor } from '../rundir.ts';
+import { acquireStateLock, markersFor, type StateLock } from '../lock.ts';
 import { MetaStore, type SnapshotRecord, toInfo } from './storage.ts';
 import type { Mount, SnapshotInfo, SnapshotOptions, Snapshotter, Usage } from './types.ts';
 
@@ -99,7 +98,7 @@ function holdLock(root: string): StateLock {
     held.refs++;
     return { exclusive: false, mustRecover: false, recovered() {}, downgrade() {}, release() {} };
   }
-  const lock = acquireStateLock(path.join(root, 'lock'), { markers: path.join(runDirFor(root), 'holders') });
+  const lock = acquireStateLock(path.join(root, 'lock'), { markers: markersFor(root) });
   locks.set(root, { lock, refs: 1 });
   return lock;
 }
