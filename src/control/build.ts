@@ -39,6 +39,12 @@ import { layerOptionsFor } from '../exporter/index.ts';
 import { type LayerOptions, prepareLayer } from '../exporter/layers.ts';
 import { layerChain } from '../llb/chain.ts';
 import { parseDefinition } from '../llb/definition.ts';
+import { sha256 } from '../core/digest.ts';
+import { unpack } from '../core/images/unpack.ts';
+import { lookupMemo, type MemoEntry, MemoRecorder, memoKey, recordMemo } from './memo.ts';
+
+/** Digest prefix of the progress steps a build shows outside the solve. */
+const INTERNAL = 'kiln-internal:';
 
 /** A build request, resolved by the caller (see the module comment). */
 export interface BuildParams {
@@ -82,6 +88,8 @@ export interface BuildIO {
   signal: AbortSignal;
   /** The cache index to use (kilnd keeps one per namespace); default one opened for this build. */
   cache?: CacheManager;
+  /** The running code's identity, for the build memo (./memo.ts); without one, no memo. */
+  codeId?: string;
 }
 
 export interface BuildOutcome {
@@ -89,6 +97,8 @@ export interface BuildOutcome {
   /** The exported image's ID (config digest), when an output made an image. */
   imageId?: string;
   canceled: boolean;
+  /** Answered from the build memo (./memo.ts). */
+  memo?: boolean;
   /** The failure's stack, for KILN_DEBUG. */
   stack?: string;
 }
@@ -191,18 +201,74 @@ function aheadOfExport(
   };
 }
 
+/** Writes `--iidfile` (when there is an image) and `--metadata-file`. */
+async function writeResultFiles(
+  params: BuildParams,
+  cwd: string,
+  imageId: string | undefined,
+  meta: Record<string, unknown>,
+): Promise<void> {
+  if (imageId !== undefined && params.iidfile) await writeAtomic(path.resolve(cwd, params.iidfile), imageId);
+  if (params.metadataFile)
+    await writeAtomic(path.resolve(cwd, params.metadataFile), `${JSON.stringify(meta, null, 2)}\n`);
+}
+
+/**
+ * The memo entry of a build that just succeeded, or undefined when it is not
+ * to be memoised (./memo.ts): one image output whose config took no time
+ * from the clock, every source op a local directory or an image, each with
+ * the cache map the solver got for it.
+ */
+function memoEntry(
+  recorder: MemoRecorder,
+  def: Definition,
+  records: readonly ExportRecord[],
+  summary: BuildSummary,
+  meta: Record<string, unknown>,
+): MemoEntry | undefined {
+  const image = records[0];
+  const target = image?.descriptor as MemoEntry['target'] | undefined;
+  if (records.length !== 1 || !image || image.type !== 'image' || image.fromClock !== false || !target)
+    return undefined;
+  if (!recorder.rootKey || recorder.rootIds.length === 0 || recorder.unmemoisable) return undefined;
+  const sources: MemoEntry['sources'] = [];
+  for (const bytes of def.def) {
+    const key = recorder.sourceKeys.get(sha256(bytes));
+    if (key !== undefined) sources.push({ op: Buffer.from(bytes).toString('base64'), key });
+  }
+  if (sources.length !== recorder.sourceKeys.size) return undefined;
+  return {
+    v: 1,
+    images: recorder.images,
+    sources,
+    root: { key: recorder.rootKey, ids: recorder.rootIds },
+    target: { mediaType: target.mediaType, digest: target.digest, size: target.size },
+    names: image.names,
+    steps: recorder.steps,
+    results: [...summary.results],
+    warnings: [...summary.warnings],
+    ...(image.configDigest ? { imageId: image.configDigest } : {}),
+    meta,
+  };
+}
+
 /** Runs one build (see the module comment); never throws. */
 export async function executeBuild(core: Core, params: BuildParams, io: BuildIO): Promise<BuildOutcome> {
   const summary: BuildSummary = { results: [], warnings: [] };
   const seen = new Set<string>();
+  /** What the build memo records, when this build may be memoised. */
+  let recorder: MemoRecorder | undefined;
   const emit = (ev: ProgressEvent): void => {
-    seen.add(ev.type === 'vertex' ? ev.digest : ev.vertex);
+    if (ev.type === 'vertex') {
+      seen.add(ev.digest);
+      recorder?.step(ev.digest, ev.name, ev.digest.startsWith(INTERNAL));
+    } else seen.add(ev.vertex);
     io.emit(ev);
   };
   let internal = 0;
   /** A step outside the solve, shown in the progress like a solver vertex. */
   const step = async <T>(name: string, fn: (vertex: string) => Promise<T>): Promise<T> => {
-    const digest = `kiln-internal:${++internal}`;
+    const digest = `${INTERNAL}${++internal}`;
     const started = now();
     emit({ type: 'vertex', digest, name, started });
     try {
@@ -266,6 +332,49 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
     );
     const context = bctx;
     const frontendResolver = resolver.frontend();
+    /** Set once the definition is known (see `aheadOfExport`). */
+    let onExecuted: ((vertex: Vertex, ids: readonly string[]) => void) | undefined;
+    worker = new Worker({
+      core,
+      images: resolver,
+      sessions: {
+        locals: { context: context.dir },
+        secrets: params.secrets,
+        ...(params.ssh ? { sshAgents: params.ssh } : {}),
+      },
+      onExecuted: (vertex, ids) => onExecuted?.(vertex, ids),
+      onSourceCacheMap: (vertex, identifier, map) => recorder?.source(vertex.digest, identifier, map.digest),
+      ...(io.cache ? { cache: io.cache } : {}),
+    });
+    const memo = memoKey({ codeId: io.codeId, core, params, context, outputs, epoch });
+    if (memo !== undefined) {
+      const w = worker;
+      const entry = await lookupMemo(memo, {
+        core,
+        cache: w.cache,
+        image: (ref, p) => frontendResolver(ref, p),
+        sourceKey: (op, signal) => w.sourceCacheMap(op, signal),
+        unpacked: async (target) => {
+          await unpack(core, target, { signal: io.signal });
+          return true;
+        },
+        signal: io.signal,
+      });
+      if (entry) {
+        for (const s of entry.steps) {
+          if (s.digest === undefined) await step(s.name, async () => undefined);
+          else {
+            const t = now();
+            emit({ type: 'vertex', digest: s.digest, name: s.name, cached: true, started: t, completed: t });
+          }
+        }
+        summary.results.push(...entry.results);
+        summary.warnings.push(...entry.warnings);
+        await writeResultFiles(params, cwd, entry.imageId, entry.meta);
+        return { summary, ...(entry.imageId ? { imageId: entry.imageId } : {}), canceled: false, memo: true };
+      }
+      recorder = new MemoRecorder();
+    }
     const converted = await convertDockerfile(context.dockerfile, {
       filename: context.dockerfileName,
       buildArgs: params.buildArgs,
@@ -276,8 +385,8 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
       ...(platform ? { platform } : {}),
       ...(epoch !== undefined ? { created: new Date(epoch * 1000) } : {}),
       imageResolver: (ref, p) =>
-        step(`[internal] load metadata for ${fullName(ref)}`, (vertex) =>
-          frontendResolver(ref, p, (pp) => {
+        step(`[internal] load metadata for ${fullName(ref)}`, async (vertex) => {
+          const found = await frontendResolver(ref, p, (pp) => {
             if (pp.status !== 'done' && pp.status !== 'exists' && pp.status !== 'unpacked') return;
             const t = now();
             emit({
@@ -289,8 +398,10 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
               completed: t,
               timestamp: t,
             });
-          }),
-        ),
+          });
+          recorder?.image(ref, p, found.digest);
+          return found;
+        }),
     });
     for (const w of converted.warnings)
       summary.warnings.push(`${context.dockerfileName}:${w.line}: ${w.message}`);
@@ -308,22 +419,16 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
       markNoCache(def, wanted);
     }
 
-    const onExecuted = aheadOfExport(core, def, layerOptionsFor(outputs, epoch), {
+    onExecuted = aheadOfExport(core, def, layerOptionsFor(outputs, epoch), {
       signal: AbortSignal.any([io.signal, stopAhead.signal]),
       started: (p) => ahead.push(p),
     });
-    worker = new Worker({
-      core,
-      images: resolver,
-      sessions: {
-        locals: { context: context.dir },
-        secrets: params.secrets,
-        ...(params.ssh ? { sshAgents: params.ssh } : {}),
-      },
-      ...(onExecuted ? { onExecuted } : {}),
-      ...(io.cache ? { cache: io.cache } : {}),
+    const rec = recorder;
+    result = await worker.solveDefinition(def, {
+      signal: io.signal,
+      progress: { write: emit },
+      ...(rec ? { rootKey: (key: string) => (rec.rootKey = key) } : {}),
     });
-    result = await worker.solveDefinition(def, { signal: io.signal, progress: { write: emit } });
     reportSkipped(worker, def, seen, emit);
 
     if (outputs.length > 0) {
@@ -342,18 +447,19 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
         records.find((r) => r.manifestDigest);
       for (const r of records) summary.results.push(...r.lines);
       imageId = image?.configDigest;
-      if (image && params.iidfile)
-        await writeAtomic(path.resolve(cwd, params.iidfile), image.configDigest ?? '');
-      if (params.metadataFile) {
-        const meta: Record<string, unknown> = {};
-        if (image) {
-          meta['containerimage.digest'] = image.manifestDigest;
-          meta['containerimage.config.digest'] = image.configDigest;
-          if (image.descriptor) meta['containerimage.descriptor'] = image.descriptor;
-          const names = [...new Set(image.names)];
-          if (names.length > 0) meta['image.name'] = names.join(',');
-        }
-        await writeAtomic(path.resolve(cwd, params.metadataFile), `${JSON.stringify(meta, null, 2)}\n`);
+      const meta: Record<string, unknown> = {};
+      if (image) {
+        meta['containerimage.digest'] = image.manifestDigest;
+        meta['containerimage.config.digest'] = image.configDigest;
+        if (image.descriptor) meta['containerimage.descriptor'] = image.descriptor;
+        const names = [...new Set(image.names)];
+        if (names.length > 0) meta['image.name'] = names.join(',');
+      }
+      await writeResultFiles(params, cwd, image ? (image.configDigest ?? '') : undefined, meta);
+      if (recorder?.rootKey && memo !== undefined && result !== SCRATCH) {
+        recorder.rootIds = (await worker.cache.load(recorder.rootKey)) ?? [];
+        const entry = memoEntry(recorder, def, records, summary, meta);
+        if (entry) await recordMemo(worker.cache, memo, entry);
       }
     } else {
       summary.warnings.push(

@@ -24,6 +24,8 @@ export interface ExportRecord {
   configDigest?: string;
   descriptor?: unknown;
   lines: string[];
+  /** See ../exporter/exporters.ts `ExportResult.fromClock`. */
+  fromClock?: boolean;
 }
 
 export interface RunOutputsOptions {
@@ -79,6 +81,7 @@ function record(o: OutputSpec, r: ExportResult): ExportRecord {
     ...(r.manifest ? { manifestDigest: r.manifest.digest, descriptor: r.manifest } : {}),
     ...(r.config ? { configDigest: r.config.digest } : {}),
     lines,
+    ...(r.fromClock !== undefined ? { fromClock: r.fromClock } : {}),
   };
 }
 

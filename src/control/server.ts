@@ -38,6 +38,7 @@ import { ProgressChannel } from '../solver/progress.ts';
 import type { SqliteCacheManager } from '../solver/cache.ts';
 import { workerCache } from '../worker/worker.ts';
 import { type BuildOutcome, type BuildParams, executeBuild } from './build.ts';
+import { bundledCodeId } from './memo.ts';
 import { fromProtoRequest, toProtoEvent, toProtoResult } from './wire.ts';
 
 export const VERSION = '0.1.0';
@@ -140,11 +141,13 @@ export async function serve(opts: ServerOptions): Promise<Server> {
         // The build opens its own and reports why it cannot.
       }
     }
+    const codeId = bundledCodeId();
     const run = executeBuild(core, params, {
       root: g.root,
       emit: (ev) => events.write(ev),
       signal,
       ...(cache ? { cache } : {}),
+      ...(codeId ? { codeId } : {}),
     });
     void run.finally(() => events.close());
     running.add(run);

@@ -104,6 +104,8 @@ export interface ExportResult {
   pushed?: string[];
   /** Where the output went ('-' for stdout). */
   dest?: string;
+  /** The image's config took a time from the clock (./image.ts `BuiltImage.fromClock`). */
+  fromClock?: boolean;
 }
 
 export interface Exporter {
@@ -327,7 +329,14 @@ function storeExporter(name: 'image' | 'registry'): Exporter {
           pushed.push(n);
         }
       }
-      return { exporter: name, manifest: target, config: img.configDesc, images, pushed };
+      return {
+        exporter: name,
+        manifest: target,
+        config: img.configDesc,
+        images,
+        pushed,
+        fromClock: img.fromClock,
+      };
     },
   };
 }

@@ -96,6 +96,11 @@ export interface BuiltImage {
   snapshotter: SnapshotterName;
   /** Lease holding the blobs (the caller's or one made here). */
   lease: string;
+  /**
+   * A time in the config came from the clock (no SOURCE_DATE_EPOCH, and no
+   * layer to take it from): the same build exported again gives another image.
+   */
+  fromClock: boolean;
 }
 
 /** RFC 3339 time of `d` (whole seconds without a fraction). */
@@ -297,5 +302,6 @@ export async function buildImage(core: Core, opts: BuildImageOptions): Promise<B
     snapshot: opts.snapshot,
     snapshotter,
     lease,
+    fromClock: sde === undefined && (created === fallback || history.some((h) => h.created === fallback)),
   };
 }

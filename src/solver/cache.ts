@@ -49,7 +49,27 @@ export interface CacheManager {
   deleteResult(resultId: string): Promise<number>;
   /** Every record, oldest last-use first. */
   list(): Promise<CacheRecord[]>;
+  /**
+   * Build memo entries (../control/memo.ts): the value stored under `key`,
+   * marked as used now. Optional: without these methods there is no memo.
+   */
+  getMemo?(key: string): Promise<string | undefined>;
+  /** Stores a memo entry for the result recorded under `rootKey`, replacing any under `key`. */
+  putMemo?(key: string, rootKey: string, value: string): Promise<void>;
+  /** Removes the memo entry under `key`; no error when absent. */
+  deleteMemo?(key: string): Promise<void>;
+  /** Removes the memo entries whose `rootKey` has no record any more; returns how many. */
+  pruneMemos?(): Promise<number>;
   close(): void;
+}
+
+/** Memo entries kept at most (least recently used go first). */
+export const MEMO_LIMIT = 500;
+
+interface MemoEntry {
+  rootKey: string;
+  value: string;
+  usedAt: number;
 }
 
 /** Tells whether a result id still names an existing result. */
@@ -72,6 +92,7 @@ async function allExist(ids: readonly string[], exists: ExistsFunc): Promise<boo
 /** In-memory cache index. */
 export class MemoryCacheManager implements CacheManager {
   readonly #records = new Map<string, CacheRecord>();
+  readonly #memos = new Map<string, MemoEntry>();
   readonly #exists: ExistsFunc;
 
   constructor(opts: { exists?: ExistsFunc } = {}) {
@@ -115,10 +136,51 @@ export class MemoryCacheManager implements CacheManager {
     return [...this.#records.values()].sort((a, b) => a.lastUsedAt - b.lastUsedAt);
   }
 
+  async getMemo(key: string): Promise<string | undefined> {
+    const m = this.#memos.get(key);
+    if (m) m.usedAt = Date.now();
+    return m?.value;
+  }
+
+  async putMemo(key: string, rootKey: string, value: string): Promise<void> {
+    this.#memos.set(key, { rootKey, value, usedAt: Date.now() });
+    if (this.#memos.size > MEMO_LIMIT) {
+      const oldest = [...this.#memos].sort((a, b) => a[1].usedAt - b[1].usedAt)[0]!;
+      this.#memos.delete(oldest[0]);
+    }
+  }
+
+  async deleteMemo(key: string): Promise<void> {
+    this.#memos.delete(key);
+  }
+
+  async pruneMemos(): Promise<number> {
+    let n = 0;
+    for (const [k, m] of this.#memos) {
+      if (!this.#records.has(m.rootKey)) {
+        this.#memos.delete(k);
+        n++;
+      }
+    }
+    return n;
+  }
+
   close(): void {}
 }
 
 const SCHEMA_VERSION = 1;
+/**
+ * The build memo's table, made when first used (a version 1 index without it
+ * stays readable by the versions before it, which do not know it).
+ */
+const MEMO_SCHEMA = `
+  CREATE TABLE IF NOT EXISTS build_memo (
+    key TEXT PRIMARY KEY,
+    root_key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    used_at INTEGER NOT NULL
+  ) WITHOUT ROWID;
+`;
 const SCHEMA = `
   CREATE TABLE cache_records (
     key TEXT NOT NULL,
@@ -172,6 +234,33 @@ export class SqliteCacheManager implements CacheManager {
       'INSERT INTO cache_records (key, output, result_id, created_at, last_used_at) VALUES (?, ?, ?, ?, ?)',
     );
     this.#deleteKey = this.#db.prepare('DELETE FROM cache_records WHERE key = ?');
+  }
+
+  #memoStmts:
+    | {
+        get: StatementSync;
+        touch: StatementSync;
+        put: StatementSync;
+        trim: StatementSync;
+        del: StatementSync;
+      }
+    | undefined;
+
+  /** Prepared on first use: builds that never look at the memo do not compile them. */
+  #memo() {
+    if (!this.#memoStmts) this.#db.exec(MEMO_SCHEMA);
+    this.#memoStmts ??= {
+      get: this.#db.prepare('SELECT value FROM build_memo WHERE key = ?'),
+      touch: this.#db.prepare('UPDATE build_memo SET used_at = ? WHERE key = ?'),
+      put: this.#db.prepare(
+        'INSERT OR REPLACE INTO build_memo (key, root_key, value, used_at) VALUES (?, ?, ?, ?)',
+      ),
+      trim: this.#db.prepare(
+        'DELETE FROM build_memo WHERE key NOT IN (SELECT key FROM build_memo ORDER BY used_at DESC LIMIT ?)',
+      ),
+      del: this.#db.prepare('DELETE FROM build_memo WHERE key = ?'),
+    };
+    return this.#memoStmts;
   }
 
   #tx<T>(fn: () => T): T {
@@ -262,6 +351,33 @@ export class SqliteCacheManager implements CacheManager {
       rec.results.push(r.result_id);
     }
     return [...byKey.values()].sort((a, b) => a.lastUsedAt - b.lastUsedAt);
+  }
+
+  async getMemo(key: string): Promise<string | undefined> {
+    const m = this.#memo();
+    const row = m.get.get(key) as { value: string } | undefined;
+    if (row) m.touch.run(Date.now(), key);
+    return row?.value;
+  }
+
+  async putMemo(key: string, rootKey: string, value: string): Promise<void> {
+    const m = this.#memo();
+    this.#tx(() => {
+      m.put.run(key, rootKey, value, Date.now());
+      m.trim.run(MEMO_LIMIT);
+    });
+  }
+
+  async deleteMemo(key: string): Promise<void> {
+    this.#memo().del.run(key);
+  }
+
+  async pruneMemos(): Promise<number> {
+    this.#memo();
+    const r = this.#db
+      .prepare('DELETE FROM build_memo WHERE root_key NOT IN (SELECT key FROM cache_records)')
+      .run();
+    return Number(r.changes);
   }
 
   /** See core/sqlite.ts `closeDatabase`. */

@@ -76,6 +76,11 @@ export interface SolveOptions {
    * it. Give each solve its own sink, or shared vertices' events arrive twice.
    */
   progress?: ProgressSink;
+  /**
+   * Told the target vertex's definition key once the solve succeeded: the
+   * cache record under it now holds the result (../control/memo.ts).
+   */
+  rootKey?: (key: string) => void;
 }
 
 /** A vertex failed; `vertex` says which, `cause` is the original error. */
@@ -425,7 +430,9 @@ export class Solver {
         signal?.addEventListener('abort', onAbort, { once: true });
       });
       try {
-        return await Promise.race([work, aborted]);
+        const result = await Promise.race([work, aborted]);
+        if (opts.rootKey) opts.rootKey((await state.def()).key);
+        return result;
       } catch (err) {
         // If the abort won the race, the handle that may still arrive is ours to release.
         void work.then(

@@ -14,13 +14,15 @@
  * bundles in the root's run directory (../ops/bundles.ts).
  */
 import path from 'node:path';
-import { errNotFound, isKilnError } from '../core/errors.ts';
+import { fromBinary } from '@bufbuild/protobuf';
+import { sha256 } from '../core/digest.ts';
+import { errInvalidArgument, errNotFound, isKilnError } from '../core/errors.ts';
 import type { Core } from '../core/metadata/index.ts';
 import { runDirFor } from '../core/rundir.ts';
 import { removeStaleBundles } from '../ops/bundles.ts';
 import { selectRuntime } from '../core/containers/select.ts';
 import type { OciRuntime } from '../core/runtime/runtime.ts';
-import type { Definition, Op as OpPb } from '../gen/kiln/llb/v1/llb_pb.ts';
+import { type Definition, type Op as OpPb, OpSchema } from '../gen/kiln/llb/v1/llb_pb.ts';
 import { parseDefinition } from '../llb/definition.ts';
 import { ContentChecksums } from '../ops/checksum.ts';
 import type { ImageResolver, OpEnv, Sessions } from '../ops/env.ts';
@@ -29,9 +31,9 @@ import { describeAction } from '../ops/file.ts';
 import { resolveLlbOp } from '../ops/index.ts';
 import { LABEL_RESULT, SCRATCH, SnapshotRef } from '../ops/refs.ts';
 import { type CacheManager, SqliteCacheManager } from '../solver/cache.ts';
-import type { ProgressSink } from '../solver/progress.ts';
-import { Solver } from '../solver/solver.ts';
-import type { Edge, Op, ResolveOp, Result, Vertex } from '../solver/types.ts';
+import { vertexWriter } from '../solver/progress.ts';
+import { type SolveOptions, Solver } from '../solver/solver.ts';
+import type { CacheMap, Edge, Op, ResolveOp, Result, Vertex } from '../solver/types.ts';
 
 export interface WorkerOptions {
   core: Core;
@@ -45,6 +47,8 @@ export interface WorkerOptions {
   parallelism?: number;
   /** The solver's `onExecuted`: result ids of each vertex it ran. */
   onExecuted?: (vertex: Vertex, ids: readonly string[]) => void;
+  /** Told the cache map of each source vertex (image, local, git, http) as the solver gets it. */
+  onSourceCacheMap?: (vertex: Vertex, identifier: string, map: CacheMap) => void;
 }
 
 /** What a worker vertex carries in `sys`. */
@@ -100,6 +104,8 @@ export class Worker {
   readonly resolveOp: ResolveOp;
   #runtime: Promise<OciRuntime> | undefined;
   readonly #ownsCache: boolean;
+  /** Source ops whose cache map `sourceCacheMap` started, by vertex digest. */
+  readonly #sources = new Map<string, { op: Op; map: Promise<CacheMap> }>();
 
   constructor(opts: WorkerOptions) {
     this.core = opts.core;
@@ -115,9 +121,25 @@ export class Worker {
       stateDir: path.join(this.core.root, 'ops'),
       runDir: runDirFor(this.core.root),
     };
+    const observe = opts.onSourceCacheMap;
     this.resolveOp = (vertex: Vertex): Op => {
       const sys = vertex.sys as LlbVertexSys;
-      return resolveLlbOp(this.env, sys.op, vertex.digest);
+      // A source whose cache map `sourceCacheMap` computed already: that op, and its answer.
+      const early = this.#sources.get(vertex.digest);
+      this.#sources.delete(vertex.digest);
+      const op = early?.op ?? resolveLlbOp(this.env, sys.op, vertex.digest);
+      if (sys.op.op.case !== 'source' || (!observe && !early)) return op;
+      const { identifier } = sys.op.op.value;
+      return {
+        async cacheMap(ctx, index) {
+          const map =
+            (early && index === 0 && (await early.map.catch(() => undefined))) ||
+            (await op.cacheMap(ctx, index));
+          observe?.(vertex, identifier, map);
+          return map;
+        },
+        exec: (ctx, inputs) => op.exec(ctx, inputs),
+      };
     };
     this.#ownsCache = opts.cache === undefined;
     this.cache = opts.cache ?? workerCache(this.core);
@@ -171,11 +193,25 @@ export class Worker {
     return { vertex: built.get(graph.output.digest)!, index: graph.output.index };
   }
 
+  /**
+   * The digest of the cache map of a source op given as its bytes in a
+   * definition: what the solver gets for that vertex (../control/memo.ts).
+   */
+  async sourceCacheMap(bytes: Uint8Array, signal: AbortSignal): Promise<string> {
+    const op = fromBinary(OpSchema, bytes);
+    if (op.op.case !== 'source') throw errInvalidArgument('source cache map: not a source op');
+    const digest = sha256(bytes);
+    const vertex: Vertex = { digest, inputs: [], name: op.op.value.identifier, options: {}, sys: { op } };
+    const impl = resolveLlbOp(this.env, op, digest);
+    const map = impl.cacheMap({ vertex, signal, progress: vertexWriter(digest, () => {}) }, 0);
+    // A solve of this worker that meets the same source uses this op and its answer, once: a
+    // build that the memo did not answer does not checksum its context twice.
+    this.#sources.set(digest, { op: impl, map });
+    return (await map).digest;
+  }
+
   /** Solves a definition; the caller releases the result (SCRATCH for an empty definition). */
-  async solveDefinition(
-    def: Definition,
-    opts: { signal?: AbortSignal; progress?: ProgressSink } = {},
-  ): Promise<Result> {
+  async solveDefinition(def: Definition, opts: SolveOptions = {}): Promise<Result> {
     const edge = this.loadDefinition(def);
     if (!edge) return SCRATCH;
     return this.solver.solve(edge, opts);
@@ -186,7 +222,8 @@ export class Worker {
    * `olderThanMs` ago (default 0: all), then removes every op result
    * snapshot (label `kiln.io/result`) that no remaining record names and
    * that has no children, repeating until nothing more can go (a result that
-   * is the parent of a kept one stays). Results held by a running solve
+   * is the parent of a kept one stays), and the build memo entries whose
+   * record is gone. Results held by a running solve
    * must not be pruned: call it when no solve is in progress. Returns the
    * removed snapshot names; disk space returns at the next `core.gc()`.
    */
@@ -216,6 +253,8 @@ export class Worker {
         removed.push(name);
       }
     }
+    // Build memo entries stand for the records they name: gone with them.
+    await this.cache.pruneMemos?.();
     return removed;
   }
 

@@ -14,6 +14,7 @@ import { isKilnError } from '../../src/core/errors.ts';
 import {
   type CacheManager,
   type ExistsFunc,
+  MEMO_LIMIT,
   MemoryCacheManager,
   SqliteCacheManager,
 } from '../../src/solver/cache.ts';
@@ -100,6 +101,33 @@ for (const [name, open] of impls) {
       await cm.delete('k3');
       await cm.delete('absent');
       assert.deepEqual(await cm.list(), []);
+      cm.close();
+    });
+
+    it('keeps build memo entries: replaced by key, dropped with their record by pruneMemos, at most MEMO_LIMIT', async () => {
+      const cm = await open(() => true);
+      assert.equal(await cm.getMemo!('m1'), undefined);
+      await cm.save('root-1', ['a']);
+      await cm.putMemo!('m1', 'root-1', 'one');
+      await cm.putMemo!('m1', 'root-1', 'one again');
+      await cm.putMemo!('m2', 'root-2', 'two');
+      assert.equal(await cm.getMemo!('m1'), 'one again');
+      assert.equal(await cm.pruneMemos!(), 1, 'root-2 has no record');
+      assert.equal(await cm.getMemo!('m2'), undefined);
+      await cm.deleteMemo!('m1');
+      assert.equal(await cm.getMemo!('m1'), undefined);
+      // The least recently used go first once there are more than MEMO_LIMIT.
+      await cm.putMemo!('keep', 'root-1', 'kept');
+      for (let i = 0; i < MEMO_LIMIT; i++) {
+        await cm.putMemo!(`fill-${i}`, 'root-1', String(i));
+        if (i % 100 === 0) {
+          await sleep(2);
+          assert.equal(await cm.getMemo!('keep'), 'kept'); // used: stays
+          await sleep(2);
+        }
+      }
+      assert.equal(await cm.getMemo!('keep'), 'kept');
+      assert.equal(await cm.getMemo!('fill-0'), undefined, 'the oldest unused entry went');
       cm.close();
     });
 

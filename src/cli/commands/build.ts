@@ -189,6 +189,7 @@ export async function runBuild(ctx: CliContext, contextArg: string, opts: BuildO
         outcome = await remoteBuild(g.host, g.namespace, params, emit, abort.signal);
       } else {
         const { executeBuild } = await import('../../control/build.ts');
+        const codeId = (await import('../../control/memo.ts')).bundledCodeId();
         outcome = await executeBuild(await ctx.core(), params, {
           root: g.root,
           emit,
@@ -196,6 +197,7 @@ export async function runBuild(ctx: CliContext, contextArg: string, opts: BuildO
           // process.stdin is made on first use (~3 ms): only for a context or Dockerfile on stdin.
           ...(params.context === '-' || params.file === '-' ? { stdin: process.stdin } : {}),
           signal: abort.signal,
+          ...(codeId ? { codeId } : {}),
         });
       }
     } catch (err) {
