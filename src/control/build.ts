@@ -42,40 +42,12 @@ import { parseDefinition } from '../llb/definition.ts';
 import { sha256 } from '../core/digest.ts';
 import { unpack } from '../core/images/unpack.ts';
 import { lookupMemo, type MemoEntry, MemoRecorder, memoKey, recordMemo } from './memo.ts';
+import type { BuildParams } from './params.ts';
 
 /** Digest prefix of the progress steps a build shows outside the solve. */
 const INTERNAL = 'kiln-internal:';
 
-/** A build request, resolved by the caller (see the module comment). */
-export interface BuildParams {
-  /** A directory, a git URL, or `-` (a tar or a Dockerfile on `io.stdin`). */
-  context: string;
-  /** The Dockerfile (default: <context>/Dockerfile; `-`: from `io.stdin`). */
-  file?: string;
-  tags: string[];
-  buildArgs: Record<string, string>;
-  labels: Record<string, string>;
-  target?: string;
-  platform?: string;
-  secrets: Record<string, Uint8Array>;
-  ssh?: Record<string, string>;
-  noCache: boolean;
-  /** Stages whose steps run without the cache (`--no-cache-filter`). */
-  noCacheFilter: string[];
-  network?: string;
-  /** `-o` specs as written. */
-  outputs: string[];
-  pull: boolean;
-  insecureRegistries: string[];
-  /** Empty: `<root>/certs.d`, then /etc/docker/certs.d. */
-  certsDirs: string[];
-  iidfile?: string;
-  metadataFile?: string;
-  /** The caller's SOURCE_DATE_EPOCH; a build arg of that name wins. */
-  sourceDateEpoch?: string;
-  /** Relative paths (context, Dockerfile, output destinations, files written) resolve against it; default: this process's. */
-  cwd?: string;
-}
+export type { BuildParams } from './params.ts';
 
 export interface BuildIO {
   /** The state root (for the default certificate directories). */
@@ -349,10 +321,11 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
     const memo = memoKey({ codeId: io.codeId, core, params, context, outputs, epoch });
     if (memo !== undefined) {
       const w = worker;
+      const inStore = new BuildImageResolver(core, { mode: 'local' }).frontend();
       const entry = await lookupMemo(memo, {
         core,
         cache: w.cache,
-        image: (ref, p) => frontendResolver(ref, p),
+        image: (ref, p) => inStore(ref, p),
         sourceKey: (op, signal) => w.sourceCacheMap(op, signal),
         unpacked: async (target) => {
           await unpack(core, target, { signal: io.signal });

@@ -6,7 +6,7 @@
  * build records, under a key of its inputs (`memoKey`: the code's identity,
  * namespace, snapshotter, host architecture, context directory, Dockerfile
  * name and bytes, .dockerignore, build args, labels, target, platform,
- * SOURCE_DATE_EPOCH, network, pull mode, registry settings, outputs):
+ * SOURCE_DATE_EPOCH, network, registry settings, outputs):
  * - the frontend's image lookups (reference and platform → manifest digest);
  * - the definition's source ops (their bytes) and the cache-map digest the
  *   solver got for each: for a local source, the content checksum of its
@@ -15,7 +15,8 @@
  * - the image (manifest descriptor, names), the summary lines, the steps.
  *
  * A later build with the same key is answered from the entry when every
- * image lookup gives the same digest and every source's cache map the same
+ * image lookup gives the same digest (in the image store only: an image
+ * that is not there is a miss, never a pull) and every source's cache map the same
  * digest (then the Dockerfile converts to the same definition, as the
  * conversion depends on nothing else, and its root has the same definition
  * key: other ops' cache maps are their definitions), the cache record under
@@ -28,8 +29,8 @@
  * file). Anything else, or any error on the way, is a miss: the build runs
  * as it would without the memo.
  *
- * Not recorded: builds with secrets or ssh, `--no-cache` and
- * `--no-cache-filter`, a context or Dockerfile from stdin or a git context,
+ * Not recorded: builds with secrets or ssh, `--no-cache`,
+ * `--no-cache-filter` and `--pull`, a context or Dockerfile from stdin or a git context,
  * outputs other than the image store (files and registries have to be
  * written anyway), definitions with sources other than local directories
  * and images (git, http), and images whose config took a time from the clock.
@@ -48,6 +49,7 @@ import type { Core } from '../core/metadata/index.ts';
 import type { OutputSpec } from '../exporter/index.ts';
 import type { CacheManager } from '../solver/cache.ts';
 import type { BuildContext } from './context.ts';
+import type { BuildParams } from './params.ts';
 
 /** Replaced by the bundler (scripts/build-cli.mjs) with a digest of the sources. */
 declare const KILN_CODE_ID: string | undefined;
@@ -80,26 +82,10 @@ export interface MemoEntry {
   meta: Record<string, unknown>;
 }
 
-/** What the key takes from a build's parameters (./build.ts `BuildParams`). */
-export interface MemoParams {
-  buildArgs: Record<string, string>;
-  labels: Record<string, string>;
-  target?: string;
-  platform?: string;
-  secrets: Record<string, Uint8Array>;
-  ssh?: Record<string, string>;
-  noCache: boolean;
-  noCacheFilter: string[];
-  network?: string;
-  pull: boolean;
-  insecureRegistries: string[];
-  certsDirs: string[];
-}
-
 export interface MemoKeyInput {
   codeId: string | undefined;
   core: Core;
-  params: MemoParams;
+  params: BuildParams;
   context: BuildContext;
   outputs: readonly OutputSpec[];
   epoch: number | undefined;
@@ -112,7 +98,9 @@ const sorted = (r: Record<string, string>): [string, string][] =>
 export function memoKey(input: MemoKeyInput): string | undefined {
   const { codeId, core, params, context, outputs } = input;
   if (!codeId || context.kind !== 'dir') return undefined;
-  if (params.noCache || params.noCacheFilter.length > 0) return undefined;
+  // --pull asks the registry for every image anyway: the memo would save little, and a lookup
+  // that pulls belongs to the build.
+  if (params.noCache || params.noCacheFilter.length > 0 || params.pull) return undefined;
   if (Object.keys(params.secrets).length > 0 || Object.keys(params.ssh ?? {}).length > 0) return undefined;
   if (outputs.length === 0) return undefined;
   for (const o of outputs) if (o.type !== 'image' || o.push || o.names.length === 0) return undefined;
@@ -132,7 +120,6 @@ export function memoKey(input: MemoKeyInput): string | undefined {
     params.platform ?? null,
     input.epoch ?? null,
     params.network ?? null,
-    params.pull,
     params.insecureRegistries,
     params.certsDirs,
     outputs,
@@ -143,7 +130,7 @@ export function memoKey(input: MemoKeyInput): string | undefined {
 export interface MemoLookupEnv {
   core: Core;
   cache: CacheManager;
-  /** The frontend's image lookup (the build's resolver, which remembers its answers). */
+  /** The frontend's image lookup, in the image store only (never a pull). */
   image(ref: string, platform: Platform): Promise<{ digest: string }>;
   /** The digest of a source op's cache map (../worker/worker.ts `sourceCacheMap`). */
   sourceKey(op: Uint8Array, signal: AbortSignal): Promise<string>;
@@ -180,14 +167,19 @@ export async function lookupMemo(key: string, env: MemoLookupEnv): Promise<MemoE
     return undefined;
   }
   try {
-    // All at once, as the build would look them up: they wait on different files.
-    const same = await Promise.all([
-      ...entry.images.map(async (img) => (await env.image(img.ref, img.platform)).digest === img.digest),
-      ...entry.sources.map(
+    // Images first, from the store only: a source's image lookup may pull when the image is not
+    // there, and a pull (and its failure) belongs to the build that follows a miss, once.
+    // Each group at once: they wait on different files.
+    const sameImages = await Promise.all(
+      entry.images.map(async (img) => (await env.image(img.ref, img.platform)).digest === img.digest),
+    );
+    if (!sameImages.every(Boolean)) return undefined;
+    const sameSources = await Promise.all(
+      entry.sources.map(
         async (s) => (await env.sourceKey(Buffer.from(s.op, 'base64'), env.signal)) === s.key,
       ),
-    ]);
-    if (!same.every(Boolean)) return undefined;
+    );
+    if (!sameSources.every(Boolean)) return undefined;
     const ids = await cache.load(entry.root.key);
     if (!ids) {
       await cache.deleteMemo?.(key);

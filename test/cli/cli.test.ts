@@ -3,6 +3,7 @@
  * state directory, real overlay mounts.
  */
 import assert from 'node:assert/strict';
+import { DatabaseSync } from 'node:sqlite';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -69,6 +70,31 @@ for (const mode of ['bin/kiln', 'start-up snapshot'] as const) {
         });
         assert.equal(r.status, 0, r.stderr);
         assert.match(r.stdout, /\(default:\s+"from-env-ns"\)/);
+      });
+    }
+
+    if (mode === 'start-up snapshot') {
+      it('carries the code identity: an image build is recorded in the build memo, and answered from it', () => {
+        const ctx = join(work, 'memo-ctx');
+        mkdirSync(ctx, { recursive: true });
+        writeFileSync(join(ctx, 'Dockerfile'), 'FROM scratch\nCOPY a /a\n');
+        writeFileSync(join(ctx, 'a'), 'memo\n');
+        // Its own namespace: the other tests expect the default one empty.
+        const first = ok(['-n', 'memo', 'build', '--progress', 'plain', '-t', 'memo:1', ctx]);
+        const db = new DatabaseSync(join(root, 'cache.db'));
+        try {
+          const count = () => (db.prepare('SELECT count(*) AS n FROM build_memo').get() as { n: number }).n;
+          assert.equal(count(), 1);
+          const again = kiln(['-n', 'memo', 'build', '--progress', 'plain', '-t', 'memo:1', ctx]);
+          assert.equal(again.status, 0, again.stderr);
+          assert.match(again.stderr, /COPY a \/a\n#\d+ CACHED/);
+          assert.equal(again.stdout, first);
+          // Answered from the memo, the export did not run: no layer lines under its step.
+          assert.match(again.stderr, /exporting to image\n#\d+ DONE/);
+          assert.equal(count(), 1);
+        } finally {
+          db.close();
+        }
       });
     }
 

@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type BuildOutcome, type BuildParams, executeBuild } from '../../src/control/build.ts';
+import { type MemoKeyInput, memoKey } from '../../src/control/memo.ts';
 import { removeTree } from '../../src/core/fs/safe.ts';
 import { importImages } from '../../src/core/images/index.ts';
 import { type Core, openCore } from '../../src/core/metadata/index.ts';
@@ -221,6 +222,59 @@ describe('build memo', () => {
     } finally {
       core.images.update({ name: 'docker.io/library/busybox:latest', target: oldBase }, ['target']);
     }
+  });
+
+  test('the key: none for builds the memo must not answer; every input changes it', () => {
+    const context = {
+      dir: '/ctx',
+      dockerfileName: 'Dockerfile',
+      dockerfile: 'FROM busybox\n',
+      dockerignore: [],
+      kind: 'dir' as const,
+      cleanup: async () => {},
+    };
+    const outputs = [{ type: 'image' as const, names: ['docker.io/library/k:1'] }];
+    const key = (over: Partial<BuildParams> = {}, more: Partial<MemoKeyInput> = {}) =>
+      memoKey({
+        codeId: 'c',
+        core,
+        params: params('/ctx', over),
+        context,
+        outputs,
+        epoch: undefined,
+        ...more,
+      });
+    const base = key();
+    assert.match(base ?? '', /^sha256:[0-9a-f]{64}$/);
+    assert.equal(key(), base, 'stable');
+    for (const [what, k] of [
+      ['no code identity', key({}, { codeId: undefined })],
+      ['--pull', key({ pull: true })],
+      ['--no-cache', key({ noCache: true })],
+      ['--no-cache-filter', key({ noCacheFilter: ['build'] })],
+      ['secrets', key({ secrets: { s: new Uint8Array(1) } })],
+      ['ssh', key({ ssh: { default: '/agent.sock' } })],
+      ['a git context', key({}, { context: { ...context, kind: 'git' } })],
+      ['a push', key({}, { outputs: [{ ...outputs[0]!, push: true }] })],
+      ['a tar output', key({}, { outputs: [{ type: 'tar', names: [], dest: '/x.tar' }] })],
+      ['no output', key({}, { outputs: [] })],
+    ] as const) {
+      assert.equal(k, undefined, what);
+    }
+    const changed = [
+      key({ buildArgs: { A: '1' } }),
+      key({ labels: { l: 'v' } }),
+      key({ target: 'build' }),
+      key({ platform: 'linux/arm64' }),
+      key({ network: 'none' }),
+      key({}, { epoch: 1 }),
+      key({}, { codeId: 'd' }),
+      key({}, { context: { ...context, dockerfile: 'FROM busybox\nRUN true\n' } }),
+      key({}, { context: { ...context, dockerignore: ['*.log'] } }),
+      key({}, { context: { ...context, dir: '/other' } }),
+      key({}, { outputs: [{ type: 'image', names: ['docker.io/library/k:2'] }] }),
+    ];
+    assert.equal(new Set([base, ...changed]).size, changed.length + 1);
   });
 
   test('builds the memo must not answer are never memoised', async () => {
