@@ -78,7 +78,18 @@ function codeId() {
   }
   return `sha256:${h.digest('hex')}`;
 }
-const KILN_CODE_ID = JSON.stringify(codeId());
+/** Without an identity the bundles still work; only the build memo is off. */
+function codeIdOrNone() {
+  try {
+    return codeId();
+  } catch (err) {
+    console.error(
+      `build-cli: no code identity, the build memo is off: ${err instanceof Error ? err.message : String(err)}`,
+    );
+    return '';
+  }
+}
+const KILN_CODE_ID = JSON.stringify(codeIdOrNone());
 
 const only = process.argv.indexOf('--snapshot-to');
 if (only >= 0) {
