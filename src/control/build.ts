@@ -232,8 +232,8 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
   let recorder: MemoRecorder | undefined;
   const emit = (ev: ProgressEvent): void => {
     if (ev.type === 'vertex') {
+      if (!seen.has(ev.digest)) recorder?.step(ev.digest, ev.name, ev.digest.startsWith(INTERNAL));
       seen.add(ev.digest);
-      recorder?.step(ev.digest, ev.name, ev.digest.startsWith(INTERNAL));
     } else seen.add(ev.vertex);
     io.emit(ev);
   };
@@ -304,6 +304,7 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
     );
     const context = bctx;
     const frontendResolver = resolver.frontend();
+    const memo = memoKey({ codeId: io.codeId, core, params, context, outputs, epoch });
     /** Set once the definition is known (see `aheadOfExport`). */
     let onExecuted: ((vertex: Vertex, ids: readonly string[]) => void) | undefined;
     worker = new Worker({
@@ -315,21 +316,23 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
         ...(params.ssh ? { sshAgents: params.ssh } : {}),
       },
       onExecuted: (vertex, ids) => onExecuted?.(vertex, ids),
-      onSourceCacheMap: (vertex, identifier, map) => recorder?.source(vertex.digest, identifier, map.digest),
+      ...(memo !== undefined
+        ? {
+            onSourceCacheMap: (vertex: Vertex, identifier: string, map: { digest: string }) =>
+              recorder?.source(vertex.digest, identifier, map.digest),
+          }
+        : {}),
       ...(io.cache ? { cache: io.cache } : {}),
     });
-    const memo = memoKey({ codeId: io.codeId, core, params, context, outputs, epoch });
     if (memo !== undefined) {
       const w = worker;
-      const inStore = new BuildImageResolver(core, { mode: 'local' }).frontend();
       const entry = await lookupMemo(memo, {
         core,
         cache: w.cache,
-        image: (ref, p) => inStore(ref, p),
+        image: resolver.inStore(),
         sourceKey: (op, signal) => w.sourceCacheMap(op, signal),
-        unpacked: async (target) => {
+        unpack: async (target) => {
           await unpack(core, target, { signal: io.signal });
-          return true;
         },
         signal: io.signal,
       });
@@ -400,7 +403,14 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
     result = await worker.solveDefinition(def, {
       signal: io.signal,
       progress: { write: emit },
-      ...(rec ? { rootKey: (key: string) => (rec.rootKey = key) } : {}),
+      ...(rec
+        ? {
+            rootRecord: (key: string, ids: string[]) => {
+              rec.rootKey = key;
+              rec.rootIds = ids;
+            },
+          }
+        : {}),
     });
     reportSkipped(worker, def, seen, emit);
 
@@ -429,8 +439,7 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
         if (names.length > 0) meta['image.name'] = names.join(',');
       }
       await writeResultFiles(params, cwd, image ? (image.configDigest ?? '') : undefined, meta);
-      if (recorder?.rootKey && memo !== undefined && result !== SCRATCH) {
-        recorder.rootIds = (await worker.cache.load(recorder.rootKey)) ?? [];
+      if (recorder && memo !== undefined && result !== SCRATCH) {
         const entry = memoEntry(recorder, def, records, summary, meta);
         if (entry) await recordMemo(worker.cache, memo, entry);
       }

@@ -74,6 +74,19 @@ export class BuildImageResolver implements OpsImageResolver {
     };
   }
 
+  /**
+   * The frontend's lookup in the image store only (never a pull; an image
+   * that is not there is an error), for the build memo's check
+   * (./memo.ts). Outside `pull` mode its answers are the ones `frontend()`
+   * and `resolve()` then give without looking again.
+   */
+  inStore(): (ref: string, platform: Platform) => Promise<{ digest: string }> {
+    return async (ref, platform) => {
+      const f = await this.#find(ref, platform, undefined, undefined, 'local');
+      return { digest: f.manifest.digest };
+    };
+  }
+
   /** The worker's resolver: unpacks the image (existing snapshots are reused). */
   async resolve(
     ref: string,
@@ -90,12 +103,15 @@ export class BuildImageResolver implements OpsImageResolver {
     platform: Platform | undefined,
     signal: AbortSignal | undefined,
     progress?: (p: PullProgress) => void,
+    only?: 'local',
   ): Promise<Found> {
     const want = platform ?? hostPlatform();
-    const key = `${ref}\n${formatPlatform(want)}`;
+    const mode = only ?? this.#opts.mode ?? 'default';
+    // An answer from the store is the same in every mode that looks there first.
+    const key = `${mode === 'pull' ? 'registry' : 'store'}\n${ref}\n${formatPlatform(want)}`;
     let p = this.#memo.get(key);
     if (!p) {
-      p = this.#lookup(ref, want, signal, progress);
+      p = this.#lookup(ref, want, mode, signal, progress);
       this.#memo.set(key, p);
       p.catch(() => this.#memo.delete(key));
     }
@@ -105,12 +121,12 @@ export class BuildImageResolver implements OpsImageResolver {
   async #lookup(
     ref: string,
     want: Platform,
+    mode: 'local' | 'pull' | 'default',
     /** The pull's; without one (the frontend's lookups), a pull gets 30 minutes. */
     signal: AbortSignal | undefined,
     progress?: (p: PullProgress) => void,
   ): Promise<Found> {
     const parsed = parseReference(ref);
-    const mode = this.#opts.mode ?? 'default';
     let target: Descriptor | undefined;
     if (mode !== 'pull') {
       target =

@@ -42,7 +42,6 @@
  * at most MEMO_LIMIT, least recently used dropped first; `Worker.prune`
  * removes those whose root record it removed.
  */
-import { createHash } from 'node:crypto';
 import { sha256 } from '../core/digest.ts';
 import type { Descriptor, Platform } from '../core/images/types.ts';
 import type { Core } from '../core/metadata/index.ts';
@@ -112,7 +111,7 @@ export function memoKey(input: MemoKeyInput): string | undefined {
     process.arch,
     context.dir,
     context.dockerfileName,
-    createHash('sha256').update(context.dockerfile).digest('hex'),
+    context.dockerfile,
     context.dockerignore,
     sorted(params.buildArgs),
     sorted(params.labels),
@@ -134,8 +133,8 @@ export interface MemoLookupEnv {
   image(ref: string, platform: Platform): Promise<{ digest: string }>;
   /** The digest of a source op's cache map (../worker/worker.ts `sourceCacheMap`). */
   sourceKey(op: Uint8Array, signal: AbortSignal): Promise<string>;
-  /** Whether the image is unpacked for the snapshotter (unpacking it if not). */
-  unpacked(target: MemoEntry['target']): Promise<boolean>;
+  /** Unpacks the image for the snapshotter if it is not (a failure is a miss). */
+  unpack(target: MemoEntry['target']): Promise<void>;
   signal: AbortSignal;
 }
 
@@ -189,7 +188,7 @@ export async function lookupMemo(key: string, env: MemoLookupEnv): Promise<MemoE
     for (const name of entry.names) {
       if (env.core.images.get(name).target.digest !== entry.target.digest) return undefined;
     }
-    if (!(await env.unpacked(entry.target))) return undefined;
+    await env.unpack(entry.target);
   } catch {
     // Whatever failed here fails again, with its proper report, in the build that follows.
     env.signal.throwIfAborted();
@@ -204,7 +203,6 @@ export class MemoRecorder {
   /** Cache-map digest by source vertex digest. */
   readonly sourceKeys = new Map<string, string>();
   readonly steps: MemoStep[] = [];
-  readonly #seen = new Set<string>();
   /** The root vertex's definition key and the results recorded under it. */
   rootKey: string | undefined;
   rootIds: string[] = [];
@@ -223,10 +221,8 @@ export class MemoRecorder {
       this.images.push({ ref, platform, digest });
   }
 
-  /** A progress vertex event (`internal`: a step outside the solve). */
+  /** A step shown for the first time (`internal`: a step outside the solve). */
   step(digest: string, name: string, internal: boolean): void {
-    if (this.#seen.has(digest)) return;
-    this.#seen.add(digest);
     this.steps.push(internal ? { name } : { digest, name });
   }
 }

@@ -145,8 +145,9 @@ export class MemoryCacheManager implements CacheManager {
   async putMemo(key: string, rootKey: string, value: string): Promise<void> {
     this.#memos.set(key, { rootKey, value, usedAt: Date.now() });
     if (this.#memos.size > MEMO_LIMIT) {
-      const oldest = [...this.#memos].sort((a, b) => a[1].usedAt - b[1].usedAt)[0]!;
-      this.#memos.delete(oldest[0]);
+      let oldest: [string, MemoEntry] | undefined;
+      for (const e of this.#memos) if (!oldest || e[1].usedAt < oldest[1].usedAt) oldest = e;
+      this.#memos.delete(oldest![0]);
     }
   }
 

@@ -77,10 +77,11 @@ export interface SolveOptions {
    */
   progress?: ProgressSink;
   /**
-   * Told the target vertex's definition key once the solve succeeded: the
-   * cache record under it now holds the result (../control/memo.ts).
+   * Told the target vertex's definition key and its outputs' result ids once
+   * the solve succeeded: the cache record under that key holds those ids
+   * (../control/memo.ts).
    */
-  rootKey?: (key: string) => void;
+  rootRecord?: (key: string, ids: string[]) => void;
 }
 
 /** A vertex failed; `vertex` says which, `cause` is the original error. */
@@ -431,7 +432,13 @@ export class Solver {
       });
       try {
         const result = await Promise.race([work, aborted]);
-        if (opts.rootKey) opts.rootKey((await state.def()).key);
+        if (opts.rootRecord) {
+          const [def, outs] = await Promise.all([state.def(), state.result()]);
+          opts.rootRecord(
+            def.key,
+            outs.map((r) => r.id),
+          );
+        }
         return result;
       } catch (err) {
         // If the abort won the race, the handle that may still arrive is ours to release.
