@@ -11,7 +11,8 @@
  *    rmi + `docker image prune -f`; buildah: `rm -a`, rmi, `rmi --prune`,
  *    its cache-mount directory; Kiln: a fresh --root with the bases imported
  *    and its OCI runtime selected; kilnd: the same, then kilnd started on it;
- *    all outside the timing, followed by `sync`); the builder's peak memory is taken during it
+ *    all outside the timing, followed by `sync`; every timed build of every
+ *    scenario is preceded by a `sync` too); the builder's peak memory is taken during it
  *    (Kiln and buildah: VmHWM of their process, polled; BuildKit and legacy:
  *    dockerd's VmHWM after `echo 5 > /proc/PID/clear_refs`);
  * 2. repeated build with no change;
@@ -250,8 +251,8 @@ async function loadBases(archives: Map<BaseId, string>): Promise<void> {
  * an inode skips, one by one, inodes freed in the last 60 s (300 s more
  * while their inode table block is dirty), so creating 20,000 files right
  * after deleting as many took 5-14 s instead of 0.5 s (perf: the time is in
- * recently_deleted / find_inode_bit). A sync, then 61 s; other builds of
- * such a workload are preceded by a sync (untimed).
+ * recently_deleted / find_inode_bit). A sync, then 61 s; other builds are
+ * preceded by a sync (untimed).
  */
 async function settle(): Promise<void> {
   await must(['sync']);
@@ -602,8 +603,12 @@ async function runWorkload(w: Workload, ctx: Ctx): Promise<WorkloadResult> {
       if (sc === 'oneLine') await w.change(dir, run + 1);
       for (const b of order) {
         if (w.settle && deleted) await settle();
-        // Clean inode table blocks: ext4 extends the window to 360 s while they are dirty.
-        else if (w.settle) await must(['sync']);
+        // Before every timed build, what the previous builds wrote is flushed: otherwise a builder
+        // pays for the previous one's writeback (the first overlay unmount of its build syncs the
+        // whole file system, and the kernel's flusher threads take CPU from it). For workload 5
+        // this also leaves clean inode table blocks (ext4 extends the slow window to 360 s while
+        // they are dirty).
+        else await must(['sync']);
         deleted = b === 'legacy' || b === 'buildah';
         const s = await build(b, w, ctx, dir, sc);
         add(b, sc, s);
@@ -771,7 +776,7 @@ Machine: ${m.cpu}, ${m.cores} cores, ${m.memGiB} GiB, Linux ${m.kernel}.
 Peers: docker ${v.docker} (BuildKit = \`DOCKER_BUILDKIT=1\`, legacy = \`DOCKER_BUILDKIT=0\`); ${v.buildah} (\`bud --layers --runtime runc\`); Kiln ${v.kiln} (\`bin/kiln build\`, CLI start-up included; "kilnd": \`bin/kiln --host\` to a running kilnd on its own root, client start-up included), ${v.node}.
 All builders: same Dockerfile, same base image bytes (locally made, \`${BASES}\`), \`--network host\`, a tagged image in their own store.
 
-Empty state: BuildKit \`docker builder prune -af\` + rmi; legacy rmi + \`docker image prune -f\`; buildah \`rm -a\`, rmi, \`rmi --prune\`, cache-mount dir removed; Kiln a fresh \`--root\` with the bases imported and its OCI runtime selected (untimed); kilnd the same, then kilnd restarted on it (untimed, as dockerd is up before BuildKit's builds); then \`sync\`, so that no builder's timed build flushes what the resets wrote. Workload 5 waits 61 s after the resets and after each legacy and buildah build, which delete their copy of the context (ext4 without a journal allocates inodes slowly for a while after mass deletions).
+Empty state: BuildKit \`docker builder prune -af\` + rmi; legacy rmi + \`docker image prune -f\`; buildah \`rm -a\`, rmi, \`rmi --prune\`, cache-mount dir removed; Kiln a fresh \`--root\` with the bases imported and its OCI runtime selected (untimed); kilnd the same, then kilnd restarted on it (untimed, as dockerd is up before BuildKit's builds); then \`sync\`; also a \`sync\` before every timed build (untimed, every builder), so that no builder's timed build flushes what the resets or the previous builds wrote. Workload 5 waits 61 s after the resets and after each legacy and buildah build, which delete their copy of the context (ext4 without a journal allocates inodes slowly for a while after mass deletions).
 Workload 4's one-line change is the rebuild after a code change with a cache mount (objects in \`RUN --mount=type=cache\`); the legacy builder cannot build it (no \`--mount\`).
 
 | workload | scenario | Kiln s | kilnd s | BuildKit s | legacy s | buildah s | Kiln/BuildKit | kilnd/BuildKit | Kiln/legacy | Kiln/buildah |
