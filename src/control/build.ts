@@ -27,7 +27,7 @@ import type { Definition } from '../gen/kiln/llb/v1/llb_pb.ts';
 import { SCRATCH, snapshotOf } from '../ops/refs.ts';
 import { now, type ProgressEvent } from '../solver/progress.ts';
 import type { CacheManager } from '../solver/cache.ts';
-import { SolveError } from '../solver/solver.ts';
+import { KEY_WORK_MS, SolveError } from '../solver/solver.ts';
 import type { Result, Vertex } from '../solver/types.ts';
 import { Worker } from '../worker/worker.ts';
 import type { BuildSummary, ErrorReport } from './report.ts';
@@ -230,8 +230,16 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
   const seen = new Set<string>();
   /** What the build memo records, when this build may be memoised. */
   let recorder: MemoRecorder | undefined;
+  /**
+   * Source vertices whose cache map the memo check computed (the solve reuses it), with the
+   * milliseconds it took (when KEY_WORK_MS or more): their progress shows that time, as the
+   * solver does for the cache maps it computes.
+   */
+  const checked = new Map<string, number>();
   const emit = (ev: ProgressEvent): void => {
     if (ev.type === 'vertex') {
+      const ms = checked.get(ev.digest);
+      if (ms !== undefined && ev.started !== undefined) ev = { ...ev, started: ev.started - ms };
       if (!seen.has(ev.digest)) recorder?.step(ev.digest, ev.name, ev.digest.startsWith(INTERNAL));
       seen.add(ev.digest);
     } else seen.add(ev.vertex);
@@ -330,7 +338,15 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
         core,
         cache: w.cache,
         image: resolver.inStore(),
-        sourceKey: (op, signal) => w.sourceCacheMap(op, signal),
+        sourceKey: async (op, signal) => {
+          const t = now();
+          try {
+            return await w.sourceCacheMap(op, signal);
+          } finally {
+            const ms = now() - t;
+            if (ms >= KEY_WORK_MS) checked.set(sha256(op), ms);
+          }
+        },
         unpack: async (target) => {
           await unpack(core, target, { signal: io.signal });
         },

@@ -31,6 +31,7 @@ import path from 'node:path';
 import type { Digest } from '../core/digest.ts';
 import { isErrno } from '../core/errors.ts';
 import { lstatOrUndefined } from '../core/fs/meta.ts';
+import { ColdReads } from '../core/fs/readahead.ts';
 import type { Core } from '../core/metadata/index.ts';
 import { ASCII, FIXED, GONE, JSON_PLAIN, NOT_UTF8, readDirStat } from '../core/native/readdir.ts';
 import type { Result } from '../solver/types.ts';
@@ -63,22 +64,35 @@ const SMALL_FILE = 64 << 10;
 const smallBuf = Buffer.allocUnsafe(SMALL_FILE);
 const READ_CHUNK = 1 << 20;
 
-export async function hashFile(file: string, signal?: AbortSignal, size?: number): Promise<string> {
+/**
+ * sha256 of `file`'s bytes, in hex. `cold` (a walk's): small files read slowly get their
+ * directory read ahead (../core/fs/readahead.ts).
+ */
+export async function hashFile(
+  file: string,
+  signal?: AbortSignal,
+  size?: number,
+  cold?: ColdReads,
+): Promise<string> {
   const h = createHash('sha256');
   if (size !== undefined && size <= SMALL_FILE) {
     // One synchronous read into a shared buffer: a context of 20,000 files leaves no garbage behind.
-    const fd = openSync(file, 'r');
-    try {
-      let n = 0;
-      for (;;) {
-        const got = readSync(fd, smallBuf, 0, SMALL_FILE, n);
-        if (got === 0) break;
-        h.update(smallBuf.subarray(0, got));
-        n += got;
+    const readAll = (): void => {
+      const fd = openSync(file, 'r');
+      try {
+        let n = 0;
+        for (;;) {
+          const got = readSync(fd, smallBuf, 0, SMALL_FILE, n);
+          if (got === 0) break;
+          h.update(smallBuf.subarray(0, got));
+          n += got;
+        }
+      } finally {
+        closeSync(fd);
       }
-    } finally {
-      closeSync(fd);
-    }
+    };
+    if (cold) cold.read(file, readAll);
+    else readAll();
     return h.digest('hex');
   }
   // 1 MiB reads (a 50 MB file hashes in half the time of 64 KiB ones: one thread-pool trip each),
@@ -149,6 +163,8 @@ interface WalkState {
   metaUid: number;
   metaGid: number;
   meta: string;
+  /** Small files not in the page cache: their directories are read ahead. */
+  cold: ColdReads;
 }
 
 function metaOf(state: WalkState, mode: number, uid: number, gid: number): string {
@@ -162,9 +178,14 @@ function metaOf(state: WalkState, mode: number, uid: number, gid: number): strin
 }
 
 /** Reads and hashes a file whose hash is not cached, and records it. */
-async function hashMiss(host: string, opts: WalkOptions, stamp: Readonly<FileStamp>): Promise<string> {
+async function hashMiss(
+  host: string,
+  opts: WalkOptions,
+  stamp: Readonly<FileStamp>,
+  cold: ColdReads,
+): Promise<string> {
   const saved: FileStamp = { ...stamp };
-  const hash = await hashFile(host, opts.signal, saved.size);
+  const hash = await hashFile(host, opts.signal, saved.size, cold);
   opts.cache?.set(host, saved, hash);
   return hash;
 }
@@ -209,7 +230,9 @@ async function walk(
     s.ctimeSec = Number(st.ctimeNs / 1_000_000_000n);
     s.ctimeNsec = Number(st.ctimeNs % 1_000_000_000n);
     s.ino = Number(st.ino);
-    out.push(`file ${quoted} ${meta} ${opts.cache?.get(host, s) ?? (await hashMiss(host, opts, s))}`);
+    out.push(
+      `file ${quoted} ${meta} ${opts.cache?.get(host, s) ?? (await hashMiss(host, opts, s, state.cold))}`,
+    );
   } else {
     out.push(`special ${quoted} ${meta} ${st.rdev}`);
   }
@@ -281,7 +304,7 @@ async function walkDir(
       stamp.ctimeNsec = u32[u + 4]!;
       stamp.ino = f64[f + 3]!;
       const file = hostPrefix + name;
-      const hash = cache?.get(file, stamp) ?? (await hashMiss(file, opts, stamp));
+      const hash = cache?.get(file, stamp) ?? (await hashMiss(file, opts, stamp, state.cold));
       text += `\nfile ${quoted} ${meta} ${hash}`;
     } else if (isDir) {
       if (selected) text += `\ndir ${quoted} ${meta}`;
@@ -361,6 +384,7 @@ export async function checksumTree(
     metaUid: -1,
     metaGid: -1,
     meta: '',
+    cold: new ColdReads(SMALL_FILE),
   };
   for (const sel of parseSelector(selector)) {
     const paths = hasGlob(sel) ? await expandGlob(root, sel) : [sel];

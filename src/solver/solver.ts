@@ -117,6 +117,9 @@ interface Env {
 }
 
 /** One vertex's shared work, for as long as some solve needs it. */
+/** A source's cache map that took this long did work its progress shows (VertexState.#keyTime). */
+export const KEY_WORK_MS = 50;
+
 class VertexState {
   readonly id: string;
   readonly vertex: Vertex;
@@ -131,6 +134,13 @@ class VertexState {
   #def: Promise<DefInfo> | undefined;
   #content: Promise<string> | undefined;
   #result: Promise<Result[]> | undefined;
+  /**
+   * Milliseconds a vertex without inputs (a source) spent computing its cache map, when that took
+   * KEY_WORK_MS or more: that is its own work (a local source checksums its files there), so its
+   * progress shows it, ending at the start of its load or run. Shorter times are left out, so
+   * that the intervals of vertices run one after another do not overlap.
+   */
+  #keyTime = 0;
   #released = false;
   #disposed = false;
   #errorEmitted = false;
@@ -213,10 +223,15 @@ class VertexState {
   async #computeDef(): Promise<DefInfo> {
     await Promise.resolve(); // start on a fresh stack: deep graphs must not recurse synchronously
     const op = this.#resolve();
+    const keyStart = this.vertex.inputs.length === 0 ? now() : undefined;
     const [cacheMap, inputDefs] = await Promise.all([
       op.cacheMap(this.#ctx, 0),
       Promise.all(this.vertex.inputs.map((_, j) => this.#input(j).def())),
     ]);
+    if (keyStart !== undefined) {
+      const ms = now() - keyStart;
+      if (ms >= KEY_WORK_MS) this.#keyTime = ms;
+    }
     if (cacheMap.deps.length > this.vertex.inputs.length) {
       throw errInvalidArgument(
         `cache map has ${cacheMap.deps.length} deps for ${this.vertex.inputs.length} input(s)`,
@@ -257,7 +272,7 @@ class VertexState {
 
   /** Loads a cache record's results, or undefined on a miss. */
   async #load(key: string): Promise<Result[] | undefined> {
-    const started = now();
+    const started = now() - this.#keyTime;
     const ids = await this.#env.options.cache.load(key);
     if (!ids) return undefined;
     const signal = this.#controller.signal;
@@ -324,7 +339,7 @@ class VertexState {
   async #run(def: DefInfo, contentKey: string | undefined, inputs: Result[]): Promise<Result[]> {
     const signal = this.#controller.signal;
     const { digest, name } = this.vertex;
-    const started = now();
+    const started = now() - this.#keyTime;
     this.emit({ type: 'vertex', digest, name, started });
     let outputs: Result[] = [];
     try {

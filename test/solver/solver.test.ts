@@ -120,6 +120,39 @@ describe('solver', { timeout: 60_000 }, () => {
     assert.ok(a1 <= b0 || b1 <= a0, 'two execs ran at once with parallelism 1');
   });
 
+  it("shows a source's slow cache map in its progress, and an input's in its consumer's not", async () => {
+    const root = path.join(base, `t${n++}`);
+    await fs.mkdir(root, { recursive: true });
+    const store = new DirStore(root);
+    const ops = new TestOps(store);
+    // A cache map that works 200 ms (as a local source's checksum of its files does).
+    const slowKey = (v: Vertex) => {
+      const op = ops.resolve(v);
+      return {
+        ...op,
+        cacheMap: async (...args: Parameters<typeof op.cacheMap>) => {
+          await new Promise((r) => setTimeout(r, 200));
+          return op.cacheMap(...args);
+        },
+      };
+    };
+    const solver = new Solver({
+      resolveOp: (v) => (v.name === 'RUN source' ? slowKey(v) : ops.resolve(v)),
+      cache: new MemoryCacheManager({ exists: (id) => store.exists(id) }),
+      loadResult: (id) => store.load(id),
+    });
+    const src = run('RUN source', 'echo s > s');
+    const use = run('RUN use', 'cat s > u', [src]);
+    const ch = new ProgressChannel();
+    const t0 = Date.now();
+    assert.equal(await solveAndRead(solver, use, 'u', ch), 's\n');
+    const [s0, s1] = interval(ch.events(), src);
+    const [u0] = interval(ch.events(), use);
+    assert.ok(s1 - s0 >= 190, `the source's interval [${s0}, ${s1}] leaves out its cache map`);
+    assert.ok(s0 >= t0 - 5, 'the source starts when its cache map did');
+    assert.ok(u0 >= s1, 'the consumer starts after its input, not when it began waiting for its key');
+  });
+
   it('runs more independent ops at once than there are CPUs by default (BuildKit sets no limit)', async () => {
     const { solver } = await setup('default');
     // One more than the CPUs, each sleeping long enough that a queued one would start after the others ended.

@@ -26,6 +26,7 @@ import { TarWriter } from '../archive/tar.ts';
 import type { ContentStore, Labels } from '../content/types.ts';
 import { type Digest, Digester } from '../digest.ts';
 import { errDataLoss, errInvalidArgument, isKilnError, KilnError, wrap } from '../errors.ts';
+import { ColdReads } from '../fs/readahead.ts';
 import type { Descriptor } from '../images/types.ts';
 import type { EmitFn, LayerEntry } from './compare.ts';
 import { AsyncQueue } from './queue.ts';
@@ -229,12 +230,15 @@ export async function writeLayer(
   const tarOut = new AsyncQueue<Uint8Array>(8);
   const diffID = new Digester();
 
+  // Small files not in the page cache: their directories are read ahead (../fs/readahead.ts).
+  const cold = new ColdReads(SMALL_FILE);
   const emit: EmitFn = async (entry) => {
     if (signal?.aborted) throw new KilnError('Canceled', 'export layer: canceled', { cause: signal.reason });
     const size = entry.header.size;
     const item: Item = { entry };
-    if (entry.source && entry.header.type === 'file' && size > 0 && size <= SMALL_FILE) {
-      item.data = readWhole(entry.source, size, entry.header.name);
+    const source = entry.source;
+    if (source && entry.header.type === 'file' && size > 0 && size <= SMALL_FILE) {
+      item.data = cold.read(source, () => readWhole(source, size, entry.header.name));
     }
     await entries.push(item, item.data ? size : 0);
   };

@@ -48,6 +48,11 @@ export interface NativeAddon {
    * one Buffer (decoded by `readDirStat` in readdir.ts, which see).
    */
   readdirStat(dir: string): Buffer;
+  /**
+   * Queues read-ahead (posix_fadvise WILLNEED) of the regular files of `dir` of 1..maxSize bytes
+   * and returns without waiting for the reads; how many files it advised. Best effort.
+   */
+  readAheadDir(dir: string, maxSize: number): number;
   /** A non-blocking listening Unix socket bound at `path`, for a runtime's --console-socket. */
   consoleListen(path: string): number;
   /** The terminal master a runtime sent over the console socket, or null while none has connected. */
