@@ -72,26 +72,49 @@ describe('read-ahead of small files', () => {
     assert.equal(native().readAheadDir(join(dir, 'f00'), 4096), 0);
   });
 
-  it('reads the directory ahead after a slow read, and not after a fast one', async (t) => {
+  it('reads the directory ahead after two slow reads in a row, and not after fast ones', async (t) => {
     evict(small);
     if (resident(small) !== 0) {
       t.skip('the page cache of this temporary directory cannot be dropped (tmpfs?)');
       return;
     }
-    const fast = new ColdReads(4096);
+    const slow =
+      <T>(fn: () => T) =>
+      () => {
+        busyWait(2);
+        return fn();
+      };
+    const cold = new ColdReads(4096);
     assert.equal(
-      fast.read(small[0]!, () => 'fast'),
+      cold.read(small[0]!, () => 'fast'),
       'fast',
     );
+    // One slow read, a fast one, one slow one: no two slow reads in a row.
+    cold.read(
+      small[0]!,
+      slow(() => undefined),
+    );
+    cold.read(small[0]!, () => undefined);
+    cold.read(
+      small[0]!,
+      slow(() => undefined),
+    );
+    cold.read(
+      join(dir, 'sub', 'x'),
+      slow(() => undefined),
+    ); // another directory between them
+    cold.read(
+      small[0]!,
+      slow(() => undefined),
+    );
     await new Promise((r) => setTimeout(r, 100));
-    assert.equal(resident(small), 0, 'a fast read advises nothing');
+    assert.equal(resident(small), 0, 'no read-ahead without two slow reads in a row in the directory');
 
-    const cold = new ColdReads(4096);
-    // A read slower than a cached one: the rest of its directory is read ahead.
-    const data = cold.read(small[0]!, () => {
-      busyWait(2);
-      return readFileSync(small[0]!);
-    });
+    // Two slow reads in a row there: the rest of the directory is read ahead.
+    const data = cold.read(
+      small[0]!,
+      slow(() => readFileSync(small[0]!)),
+    );
     assert.equal(data.length, SIZE);
     const bytes = await settle(small, (b) => b >= FILES * SIZE);
     assert.ok(
@@ -99,9 +122,16 @@ describe('read-ahead of small files', () => {
       `all ${FILES} files cached after the read-ahead (${bytes} bytes resident)`,
     );
 
-    // Once per directory: evicted again, a second slow read there advises nothing more.
+    // Once per directory: evicted again, more slow reads there advise nothing more.
     evict(small);
-    cold.read(small[1]!, () => busyWait(2));
+    cold.read(
+      small[1]!,
+      slow(() => undefined),
+    );
+    cold.read(
+      small[1]!,
+      slow(() => undefined),
+    );
     await new Promise((r) => setTimeout(r, 100));
     assert.equal(resident(small), 0, 'a directory is read ahead once per walk');
   });
