@@ -72,7 +72,7 @@ describe('read-ahead of small files', () => {
     assert.equal(native().readAheadDir(join(dir, 'f00'), 4096), 0);
   });
 
-  it('reads the directory ahead after two slow reads in a row, and not after fast ones', async (t) => {
+  it('reads the directory ahead after two slow reads in a row there, not after one', async (t) => {
     evict(small);
     if (resident(small) !== 0) {
       t.skip('the page cache of this temporary directory cannot be dropped (tmpfs?)');
@@ -86,23 +86,18 @@ describe('read-ahead of small files', () => {
       };
     const cold = new ColdReads(4096);
     assert.equal(
-      cold.read(small[0]!, () => 'fast'),
-      'fast',
+      cold.read(
+        small[0]!,
+        slow(() => 'value'),
+      ),
+      'value',
     );
-    // One slow read, a fast one, one slow one: no two slow reads in a row.
-    cold.read(
-      small[0]!,
-      slow(() => undefined),
-    );
-    cold.read(small[0]!, () => undefined);
-    cold.read(
-      small[0]!,
-      slow(() => undefined),
-    );
+    // One slow read, then slow reads split by a read in another directory: no two in a row in
+    // this directory. (Only slow reads here: under load, a read meant to be fast may not be.)
     cold.read(
       join(dir, 'sub', 'x'),
       slow(() => undefined),
-    ); // another directory between them
+    );
     cold.read(
       small[0]!,
       slow(() => undefined),
