@@ -116,10 +116,10 @@ interface Env {
   readonly semaphore: Semaphore;
 }
 
-/** One vertex's shared work, for as long as some solve needs it. */
 /** A source's cache map that took this long did work its progress shows (VertexState.#keyTime). */
 export const KEY_WORK_MS = 50;
 
+/** One vertex's shared work, for as long as some solve needs it. */
 class VertexState {
   readonly id: string;
   readonly vertex: Vertex;
