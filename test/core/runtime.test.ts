@@ -4,7 +4,7 @@
  * outright; on such a host it is exercised with `hideUnifiedCgroup`.
  */
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -14,6 +14,7 @@ import { after, before, describe, test } from 'node:test';
 import { isKilnError } from '../../src/core/errors.ts';
 import { detectCgroups } from '../../src/core/runtime/cgroups.ts';
 import {
+  MNTNS_HELPER,
   OciRuntime,
   probeRuntime,
   type RunOptions,
@@ -592,5 +593,59 @@ for (const v of variants) {
       });
       assert.equal(r.stdout, `${64 << 20}\n50\n`);
     });
+
+    void test('the cgroup2 mount is hidden by kiln-mntns, or by unshare(1) and a shell without it', {
+      skip: !v.hide && 'no cgroup2 mount to hide for this runtime here',
+    }, async () => {
+      assert.equal((await rt.commandLine(['list']))[0], MNTNS_HELPER);
+      const shell = new OciRuntime({
+        name: v.name,
+        stateDir: path.join(base, `state-${v.name}-shell`),
+        hideUnifiedCgroup: true,
+        namespaceHelper: null,
+      });
+      assert.equal((await shell.commandLine(['list']))[0], 'unshare');
+      const r = await run(shell, { args: ['sh', '-c', 'echo via shell; exit 3'] });
+      assert.deepEqual([r.exitCode, r.stdout], [3, 'via shell\n']);
+    });
   });
 }
+
+void describe('kiln-mntns', () => {
+  const hostMounts = (): string => execFileSync('cat', ['/proc/self/mountinfo']).toString();
+  const mntns = (args: string[]) =>
+    spawnSync(MNTNS_HELPER, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+
+  void test('runs a program in a private mount namespace with a directory covered by an empty tmpfs', async () => {
+    const cover = await mkdtemp(path.join(base, 'cover-'));
+    await writeFile(path.join(cover, 'host-file'), 'x');
+    const inner = path.join(cover, 'inner');
+    const before = hostMounts();
+    const r = mntns([
+      cover,
+      'sh',
+      '-c',
+      'ls -A "$0"; grep -c " $0 " /proc/self/mountinfo; mkdir "$0/inner"; mount -t tmpfs none "$0/inner" && touch "$0/inner/made"; exit 5',
+      cover,
+    ]);
+    assert.equal(r.stderr, '');
+    // Inside: the host's file is hidden (ls prints nothing) and one mount covers the directory.
+    assert.deepEqual([r.status, r.stdout], [5, '1\n']);
+    // Outside: nothing of it, neither the tmpfs nor the mount made inside.
+    assert.equal(hostMounts(), before);
+    assert.equal(existsSync(path.join(cover, 'host-file')), true);
+    assert.equal(existsSync(inner), false);
+  });
+
+  void test('failures: 125 with a message before the exec, 127 for a missing program', async () => {
+    const r1 = mntns([path.join(base, 'no-such-dir'), 'true']);
+    assert.equal(r1.status, 125);
+    assert.match(r1.stderr, /^kiln-mntns: mount tmpfs over .*no-such-dir: No such file or directory\n$/);
+    const r2 = mntns([base, 'kiln-no-such-program']);
+    assert.equal(r2.status, 127);
+    assert.match(r2.stderr, /^kiln-mntns: exec kiln-no-such-program: No such file or directory\n$/);
+    const r3 = mntns([base]);
+    assert.equal(r3.status, 125);
+    assert.match(r3.stderr, /usage: kiln-mntns COVER PROGRAM/);
+  });
+});
