@@ -159,6 +159,34 @@ void describe('mountAll / unmountAll', () => {
     assert.equal(mountsUnder(await readMountinfo(), t).length, 0);
   });
 
+  void it('a rollback takes off its own mounts, stacked ones too, and leaves the ones made before', async () => {
+    const t = await dir('rollback-kept');
+    await mountAll([{ type: 'tmpfs', source: 'tmpfs', options: ['size=1m'] }], t);
+    try {
+      await fs.writeFile(path.join(t, 'kept'), 'k');
+      await assert.rejects(
+        mountAll(
+          [
+            { type: 'tmpfs', source: 'tmpfs', target: 'a', options: ['size=1m'] },
+            { type: 'tmpfs', source: 'tmpfs', target: 'a', options: ['size=1m'] },
+            { type: 'tmpfs', source: 'tmpfs', options: ['size=1m'] },
+            { type: 'bind', source: path.join(base, 'does-not-exist'), target: 'x', options: ['rbind'] },
+          ],
+          t,
+        ),
+        (err) => isKilnError(err, 'NotFound'),
+      );
+      const left = mountsUnder(await readMountinfo(), t);
+      assert.deepEqual(
+        left.map((m) => m.mountPoint),
+        [t],
+      );
+      assert.equal(await fs.readFile(path.join(t, 'kept'), 'utf8'), 'k');
+    } finally {
+      await unmountAll(t);
+    }
+  });
+
   void it('detaches a busy mount after retrying', async () => {
     const t = await dir('busy');
     await mountAll([{ type: 'tmpfs', source: 'tmpfs', options: ['size=1m'] }], t);

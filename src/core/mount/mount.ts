@@ -210,10 +210,11 @@ function unescapeOverlayValue(value: string): string {
   return value.replace(/\\(.)/g, '$1');
 }
 
-function mountOverlay(m: Mount, dest: string, opts: ParsedOptions): void {
+function mountOverlay(m: Mount, dest: string, opts: ParsedOptions, made: string[]): void {
   const data = opts.data.join(',');
   if (Buffer.byteLength(data) <= MAX_OPTION_BYTES) {
     native().mount(m.source || 'overlay', dest, 'overlay', opts.flags, data);
+    made.push(dest);
     return;
   }
   let lowers: string[] = [];
@@ -234,21 +235,24 @@ function mountOverlay(m: Mount, dest: string, opts: ParsedOptions): void {
       `mount overlay on "${dest}" with ${lowers.length} lower layers (options too long for mount(2), lowerdir+ failed)`,
     );
   }
+  made.push(dest);
   // fsmount only set read-only; apply the other per-mount flags by remount.
   if ((opts.flags & PER_MOUNT & ~MS.RDONLY) !== 0) {
     native().mount(null, dest, null, MS.REMOUNT | MS.BIND | (opts.flags & PER_MOUNT), null);
   }
 }
 
-function mountOne(m: Mount, dest: string): void {
+/** Mounts `m` on `dest`; `dest` is pushed to `made` as soon as the mount exists (a later step may still fail). */
+function mountOne(m: Mount, dest: string, made: string[]): void {
   const opts = parseOptions(m.options);
   if (m.type === 'bind' || opts.bind) {
     native().mount(m.source, dest, null, MS.BIND | (opts.recursive ? MS.REC : 0), null);
+    made.push(dest);
     if ((opts.flags & PER_MOUNT) !== 0) {
       native().mount(null, dest, null, MS.REMOUNT | MS.BIND | (opts.flags & PER_MOUNT), null);
     }
   } else if (m.type === 'overlay') {
-    mountOverlay(m, dest, opts);
+    mountOverlay(m, dest, opts, made);
   } else {
     native().mount(
       m.source || m.type,
@@ -257,6 +261,7 @@ function mountOne(m: Mount, dest: string): void {
       opts.flags,
       opts.data.length ? opts.data.join(',') : null,
     );
+    made.push(dest);
   }
   for (const p of opts.propagation) native().mount(null, dest, null, p, null);
 }
@@ -276,23 +281,16 @@ async function resolveDest(target: string, sub: string | undefined): Promise<str
 
 /** Mounts `mounts` in order on `target`; on failure unmounts what it mounted and throws. */
 export async function mountAll(mounts: Mount[], target: string): Promise<void> {
-  // One small procfs read, on the calling thread (kept for the rollback of a failed mount).
-  const before = new Set(readMountinfoSync().map((m) => m.id));
+  // Where each mount was made, newest last: a failure unmounts exactly those, newest first
+  // (mounts stacked on one path come off in turn), and no mountinfo is read when all succeed.
+  const made: string[] = [];
   for (const m of mounts) {
     try {
-      const dest = await resolveDest(target, m.target);
-      mountOne(m, dest);
+      mountOne(m, await resolveDest(target, m.target), made);
     } catch (err) {
-      await unmountNew(target, before).catch(noteLeftover);
+      for (const p of made.reverse()) await unmountPath(p).catch(noteLeftover);
       throw wrap(err, `mount ${m.type} "${m.source}" on "${path.join(target, m.target ?? '')}"`);
     }
-  }
-}
-
-/** Unmounts the mounts at or below target that are not in `before` (ids). */
-async function unmountNew(target: string, before: Set<number>): Promise<void> {
-  for (const m of mountsUnder(readMountinfoSync(), target)) {
-    if (!before.has(m.id)) await unmountPath(m.mountPoint);
   }
 }
 
