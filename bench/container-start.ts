@@ -135,16 +135,15 @@ async function main(): Promise<void> {
     // Where crun needs the cgroup2 mount hidden, the floor is run the way Kiln runs it (through
     // build/kiln-mntns); this row is the same floor through unshare(1), a shell and mount(8), as
     // one would type it by hand, which earlier runs of this benchmark used.
-    const shellRuntime = runtime.hideUnifiedCgroup
-      ? new OciRuntime({
-          name: runtime.name,
-          stateDir: runtime.stateDir,
-          hideUnifiedCgroup: true,
-          namespaceHelper: null,
-        })
-      : null;
-    const shellArgv = await shellRuntime?.commandLine(['run', '--bundle', bundle, 'probe']);
-    const hidden = shellArgv?.[0] === 'unshare';
+    const shellRuntime = new OciRuntime({
+      name: runtime.name,
+      stateDir: runtime.stateDir,
+      hideUnifiedCgroup: runtime.hideUnifiedCgroup,
+      namespaceHelper: null,
+    });
+    const shellFloorArgv = async (): Promise<string[]> =>
+      shellRuntime.commandLine(['run', '--bundle', bundle, `bench-${process.pid}-${n++}`]);
+    const hidden = (await shellRuntime.commandLine(['list']))[0] === 'unshare';
 
     // Peer: docker.
     execFileSync('docker', ['import', tar, DOCKER_IMAGE], { stdio: 'ignore' });
@@ -193,16 +192,7 @@ async function main(): Promise<void> {
     const random = mulberry32(seed);
     const steps: (() => Promise<void>)[] = [
       async () => void t.floor.push(await timeCmd(await floorArgv())),
-      ...(hidden && shellRuntime
-        ? [
-            async () =>
-              void t.floorShell.push(
-                await timeCmd(
-                  await shellRuntime.commandLine(['run', '--bundle', bundle, `bench-${process.pid}-${n++}`]),
-                ),
-              ),
-          ]
-        : []),
+      ...(hidden ? [async () => void t.floorShell.push(await timeCmd(await shellFloorArgv()))] : []),
       async () =>
         void t.kilnCli.push(await timeCmd([kilnBin, '--root', root, 'run', '--rm', 'busybox', 'true'])),
       async () =>

@@ -283,9 +283,8 @@ export class OciRuntime {
   readonly hideUnifiedCgroup: boolean;
   /** The cgroup2 mount to hide from crun, or null when not hiding. */
   #unifiedMount: string | null = null;
-  /** The helper that hides it (RuntimeOptions.namespaceHelper), when it is executable. */
-  #mntns: string | null = null;
-  readonly #helper: string | null;
+  /** The helper that hides it (RuntimeOptions.namespaceHelper); null after init() when not executable. */
+  #mntns: string | null;
   #ready: Promise<void> | null = null;
 
   constructor(opts: RuntimeOptions) {
@@ -294,7 +293,7 @@ export class OciRuntime {
     this.root = path.join(this.stateDir, opts.name);
     this.binary = opts.binary ?? opts.name;
     this.hideUnifiedCgroup = opts.name === 'crun' && (opts.hideUnifiedCgroup ?? false);
-    this.#helper = opts.namespaceHelper === undefined ? MNTNS_HELPER : opts.namespaceHelper;
+    this.#mntns = opts.namespaceHelper === undefined ? MNTNS_HELPER : opts.namespaceHelper;
   }
 
   /**
@@ -310,9 +309,7 @@ export class OciRuntime {
       if (this.hideUnifiedCgroup) {
         const layout = await detectCgroups();
         this.#unifiedMount = layout.mode === 'hybrid' ? (layout.unifiedMount ?? null) : null;
-        if (this.#unifiedMount !== null && this.#helper !== null && isExecutable(this.#helper)) {
-          this.#mntns = this.#helper;
-        }
+        if (this.#mntns !== null && !isExecutable(this.#mntns)) this.#mntns = null;
       }
     })();
     try {
@@ -628,7 +625,7 @@ export class OciRuntime {
   }
 
   /**
-   * With a terminal
+   * With a terminal: takes the master from the console socket once the runtime sends it, copies
    * it to `opts.stdout` (and `opts.stdin` to it), and waits for the runtime to exit and for the
    * master to report the end (EIO once every process of the container has closed the terminal),
    * so nothing the container printed before exiting is lost.
