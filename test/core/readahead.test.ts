@@ -85,6 +85,12 @@ describe('read-ahead of small files', () => {
         return fn();
       };
     const cold = new ColdReads(4096);
+    /** A slow read of `file` that reads nothing. */
+    const slowRead = (file: string): void =>
+      cold.read(
+        file,
+        slow(() => undefined),
+      );
     assert.equal(
       cold.read(
         small[0]!,
@@ -94,14 +100,8 @@ describe('read-ahead of small files', () => {
     );
     // One slow read, then slow reads split by a read in another directory: no two in a row in
     // this directory. (Only slow reads here: under load, a read meant to be fast may not be.)
-    cold.read(
-      join(dir, 'sub', 'x'),
-      slow(() => undefined),
-    );
-    cold.read(
-      small[0]!,
-      slow(() => undefined),
-    );
+    slowRead(join(dir, 'sub', 'x'));
+    slowRead(small[0]!);
     await new Promise((r) => setTimeout(r, 100));
     assert.equal(resident(small), 0, 'no read-ahead without two slow reads in a row in the directory');
 
@@ -119,14 +119,8 @@ describe('read-ahead of small files', () => {
 
     // Once per directory: evicted again, more slow reads there advise nothing more.
     evict(small);
-    cold.read(
-      small[1]!,
-      slow(() => undefined),
-    );
-    cold.read(
-      small[1]!,
-      slow(() => undefined),
-    );
+    slowRead(small[1]!);
+    slowRead(small[1]!);
     await new Promise((r) => setTimeout(r, 100));
     assert.equal(resident(small), 0, 'a directory is read ahead once per walk');
   });
