@@ -230,16 +230,8 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
   const seen = new Set<string>();
   /** What the build memo records, when this build may be memoised. */
   let recorder: MemoRecorder | undefined;
-  /**
-   * Source vertices whose cache map the memo check computed (the solve reuses it), with the
-   * milliseconds it took (when KEY_WORK_MS or more): their progress shows that time, as the
-   * solver does for the cache maps it computes.
-   */
-  const checked = new Map<string, number>();
   const emit = (ev: ProgressEvent): void => {
     if (ev.type === 'vertex') {
-      const ms = checked.get(ev.digest);
-      if (ms !== undefined && ev.started !== undefined) ev = { ...ev, started: ev.started - ms };
       if (!seen.has(ev.digest)) recorder?.step(ev.digest, ev.name, ev.digest.startsWith(INTERNAL));
       seen.add(ev.digest);
     } else seen.add(ev.vertex);
@@ -338,15 +330,7 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
         core,
         cache: w.cache,
         image: resolver.inStore(),
-        sourceKey: async (op, signal) => {
-          const t = now();
-          try {
-            return await w.sourceCacheMap(op, signal);
-          } finally {
-            const ms = now() - t;
-            if (ms >= KEY_WORK_MS) checked.set(sha256(op), ms);
-          }
-        },
+        sourceKey: (op, signal) => w.sourceCacheMap(op, signal),
         unpack: async (target) => {
           await unpack(core, target, { signal: io.signal });
         },
@@ -356,8 +340,11 @@ export async function executeBuild(core: Core, params: BuildParams, io: BuildIO)
         for (const s of entry.steps) {
           if (s.digest === undefined) await step(s.name, async () => undefined);
           else {
+            // A source's cache map that the check computed shows its time, as in a solve.
             const t = now();
-            emit({ type: 'vertex', digest: s.digest, name: s.name, cached: true, started: t, completed: t });
+            const ms = w.sourceWorkMs(s.digest) ?? 0;
+            const started = ms >= KEY_WORK_MS ? t - ms : t;
+            emit({ type: 'vertex', digest: s.digest, name: s.name, cached: true, started, completed: t });
           }
         }
         summary.results.push(...entry.results);

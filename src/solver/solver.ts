@@ -135,10 +135,11 @@ class VertexState {
   #content: Promise<string> | undefined;
   #result: Promise<Result[]> | undefined;
   /**
-   * Milliseconds a vertex without inputs (a source) spent computing its cache map, when that took
-   * KEY_WORK_MS or more: that is its own work (a local source checksums its files there), so its
-   * progress shows it, ending at the start of its load or run. Shorter times are left out, so
-   * that the intervals of vertices run one after another do not overlap.
+   * Milliseconds a vertex without inputs (a source) spent computing its cache map (including the
+   * map's own `workMs`), when that took KEY_WORK_MS or more: that is its own work (a local
+   * source checksums its files there), so its progress shows it, ending at the start of its load
+   * or run. Shorter times are left out, so that the intervals of vertices run one after another
+   * do not overlap.
    */
   #keyTime = 0;
   #released = false;
@@ -229,7 +230,7 @@ class VertexState {
       Promise.all(this.vertex.inputs.map((_, j) => this.#input(j).def())),
     ]);
     if (keyStart !== undefined) {
-      const ms = now() - keyStart;
+      const ms = now() - keyStart + (cacheMap.workMs ?? 0);
       if (ms >= KEY_WORK_MS) this.#keyTime = ms;
     }
     if (cacheMap.deps.length > this.vertex.inputs.length) {

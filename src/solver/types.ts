@@ -75,6 +75,12 @@ export interface CacheMap {
   readonly digest: string;
   /** One entry per input, in input order; missing entries mean "plain dep" (the input's key). */
   readonly deps: readonly CacheMapDep[];
+  /**
+   * Milliseconds this map took to compute before the solver asked for it (a source's map that
+   * ../worker/worker.ts `sourceCacheMap` computed ahead); the solver counts them with the time it
+   * measures itself (./solver.ts KEY_WORK_MS).
+   */
+  readonly workMs?: number;
 }
 
 /** What the solver hands an op for one call. */

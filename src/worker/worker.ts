@@ -31,9 +31,18 @@ import { describeAction } from '../ops/file.ts';
 import { resolveLlbOp } from '../ops/index.ts';
 import { LABEL_RESULT, SCRATCH, SnapshotRef } from '../ops/refs.ts';
 import { type CacheManager, SqliteCacheManager } from '../solver/cache.ts';
-import { vertexWriter } from '../solver/progress.ts';
+import { now, vertexWriter } from '../solver/progress.ts';
 import { type SolveOptions, Solver } from '../solver/solver.ts';
 import type { CacheMap, Edge, Op, ResolveOp, Result, Vertex } from '../solver/types.ts';
+
+/** A source's cache map computed ahead of a solve (`Worker.sourceCacheMap`). */
+interface EarlySource {
+  op: Op;
+  map: Promise<CacheMap>;
+  /** When its computation started and ended (../solver/progress.ts `now`). */
+  started: number;
+  ended?: number;
+}
 
 export interface WorkerOptions {
   core: Core;
@@ -105,7 +114,7 @@ export class Worker {
   #runtime: Promise<OciRuntime> | undefined;
   readonly #ownsCache: boolean;
   /** Source ops whose cache map `sourceCacheMap` started, by vertex digest. */
-  readonly #sources = new Map<string, { op: Op; map: Promise<CacheMap> }>();
+  readonly #sources = new Map<string, EarlySource>();
 
   constructor(opts: WorkerOptions) {
     this.core = opts.core;
@@ -132,9 +141,14 @@ export class Worker {
       const { identifier } = sys.op.op.value;
       return {
         async cacheMap(ctx, index) {
-          const map =
-            (early && index === 0 && (await early.map.catch(() => undefined))) ||
-            (await op.cacheMap(ctx, index));
+          let map: CacheMap | undefined;
+          if (early && index === 0) {
+            // The time it took before this call is the vertex's too; what is left, the solver times.
+            const workMs = (early.ended ?? now()) - early.started;
+            const got = await early.map.catch(() => undefined);
+            if (got) map = { ...got, workMs };
+          }
+          map ??= await op.cacheMap(ctx, index);
           observe?.(vertex, identifier, map);
           return map;
         },
@@ -203,11 +217,26 @@ export class Worker {
     const digest = sha256(bytes);
     const vertex: Vertex = { digest, inputs: [], name: op.op.value.identifier, options: {}, sys: { op } };
     const impl = resolveLlbOp(this.env, op, digest);
+    const started = now();
     const map = impl.cacheMap({ vertex, signal, progress: vertexWriter(digest, () => {}) }, 0);
+    const early: EarlySource = { op: impl, map, started };
     // A solve of this worker that meets the same source uses this op and its answer, once: a
     // build that the memo did not answer does not checksum its context twice.
-    this.#sources.set(digest, { op: impl, map });
-    return (await map).digest;
+    this.#sources.set(digest, early);
+    try {
+      return (await early.map).digest;
+    } finally {
+      early.ended = now();
+    }
+  }
+
+  /**
+   * Milliseconds that `sourceCacheMap` took for the source of this vertex digest, while no solve
+   * has taken its answer yet; undefined when it did not finish or was not asked.
+   */
+  sourceWorkMs(digest: string): number | undefined {
+    const early = this.#sources.get(digest);
+    return early?.ended === undefined ? undefined : early.ended - early.started;
   }
 
   /** Solves a definition; the caller releases the result (SCRATCH for an empty definition). */

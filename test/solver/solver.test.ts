@@ -153,6 +153,37 @@ describe('solver', { timeout: 60_000 }, () => {
     assert.ok(u0 >= s1, 'the consumer starts after its input, not when it began waiting for its key');
   });
 
+  it("counts the time a source's cache map took before the solve asked for it (workMs)", async () => {
+    const root = path.join(base, `t${n++}`);
+    await fs.mkdir(root, { recursive: true });
+    const store = new DirStore(root);
+    const ops = new TestOps(store);
+    // A map computed ahead (as the build memo's check does with a local source): it answers at
+    // once and says it took 200 ms.
+    const ahead = (v: Vertex) => {
+      const op = ops.resolve(v);
+      return {
+        ...op,
+        cacheMap: async (...args: Parameters<typeof op.cacheMap>) => ({
+          ...(await op.cacheMap(...args)),
+          workMs: 200,
+        }),
+      };
+    };
+    const solver = new Solver({
+      resolveOp: (v) => (v.name === 'RUN source' ? ahead(v) : ops.resolve(v)),
+      cache: new MemoryCacheManager({ exists: (id) => store.exists(id) }),
+      loadResult: (id) => store.load(id),
+    });
+    const src = run('RUN source', 'echo s > s');
+    const ch = new ProgressChannel();
+    const t0 = Date.now();
+    assert.equal(await solveAndRead(solver, src, 's', ch), 's\n');
+    const [s0, s1] = interval(ch.events(), src);
+    assert.ok(s1 - s0 >= 195, `the source's interval [${s0}, ${s1}] includes the 200 ms of its map`);
+    assert.ok(s0 <= t0 - 150, 'it starts before the solve did, when its map was computed');
+  });
+
   it('runs more independent ops at once than there are CPUs by default (BuildKit sets no limit)', async () => {
     const { solver } = await setup('default');
     // One more than the CPUs, each sleeping long enough that a queued one would start after the others ended.
