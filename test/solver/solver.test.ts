@@ -14,7 +14,7 @@ import { isKilnError } from '../../src/core/errors.ts';
 import { MemoryCacheManager, SqliteCacheManager } from '../../src/solver/cache.ts';
 import { type ProgressEvent, ProgressChannel, type VertexEvent } from '../../src/solver/progress.ts';
 import { SolveError, Solver } from '../../src/solver/solver.ts';
-import type { Result, Vertex } from '../../src/solver/types.ts';
+import type { CacheMap, Result, Vertex } from '../../src/solver/types.ts';
 import { alive, DirStore, edge, processesInGroup, TestOps, vertex } from './testops.ts';
 
 let base: string;
@@ -45,6 +45,26 @@ async function setup(parallelism: number | 'default' = 4): Promise<{
     ...(parallelism === 'default' ? {} : { parallelism }),
   });
   return { root, ops, store, cache, solver };
+}
+
+/** A solver whose vertex named "RUN source" answers its cache map through `wrap` (given the op's own). */
+async function sourceMapSolver(wrap: (map: () => Promise<CacheMap>) => Promise<CacheMap>): Promise<Solver> {
+  const root = path.join(base, `t${n++}`);
+  await fs.mkdir(root, { recursive: true });
+  const store = new DirStore(root);
+  const ops = new TestOps(store);
+  return new Solver({
+    resolveOp: (v) => {
+      const op = ops.resolve(v);
+      if (v.name !== 'RUN source') return op;
+      return {
+        ...op,
+        cacheMap: (...args: Parameters<typeof op.cacheMap>) => wrap(() => op.cacheMap(...args)),
+      };
+    },
+    cache: new MemoryCacheManager({ exists: (id) => store.exists(id) }),
+    loadResult: (id) => store.load(id),
+  });
 }
 
 function run(name: string, script: string, inputs: Vertex[] = [], options = {}): Vertex {
@@ -121,25 +141,10 @@ describe('solver', { timeout: 60_000 }, () => {
   });
 
   it("shows a source's slow cache map in its progress, and an input's in its consumer's not", async () => {
-    const root = path.join(base, `t${n++}`);
-    await fs.mkdir(root, { recursive: true });
-    const store = new DirStore(root);
-    const ops = new TestOps(store);
     // A cache map that works 200 ms (as a local source's checksum of its files does).
-    const slowKey = (v: Vertex) => {
-      const op = ops.resolve(v);
-      return {
-        ...op,
-        cacheMap: async (...args: Parameters<typeof op.cacheMap>) => {
-          await new Promise((r) => setTimeout(r, 200));
-          return op.cacheMap(...args);
-        },
-      };
-    };
-    const solver = new Solver({
-      resolveOp: (v) => (v.name === 'RUN source' ? slowKey(v) : ops.resolve(v)),
-      cache: new MemoryCacheManager({ exists: (id) => store.exists(id) }),
-      loadResult: (id) => store.load(id),
+    const solver = await sourceMapSolver(async (map) => {
+      await new Promise((r) => setTimeout(r, 200));
+      return map();
     });
     const src = run('RUN source', 'echo s > s');
     const use = run('RUN use', 'cat s > u', [src]);
@@ -154,27 +159,9 @@ describe('solver', { timeout: 60_000 }, () => {
   });
 
   it("counts the time a source's cache map took before the solve asked for it (workMs)", async () => {
-    const root = path.join(base, `t${n++}`);
-    await fs.mkdir(root, { recursive: true });
-    const store = new DirStore(root);
-    const ops = new TestOps(store);
     // A map computed ahead (as the build memo's check does with a local source): it answers at
     // once and says it took 200 ms.
-    const ahead = (v: Vertex) => {
-      const op = ops.resolve(v);
-      return {
-        ...op,
-        cacheMap: async (...args: Parameters<typeof op.cacheMap>) => ({
-          ...(await op.cacheMap(...args)),
-          workMs: 200,
-        }),
-      };
-    };
-    const solver = new Solver({
-      resolveOp: (v) => (v.name === 'RUN source' ? ahead(v) : ops.resolve(v)),
-      cache: new MemoryCacheManager({ exists: (id) => store.exists(id) }),
-      loadResult: (id) => store.load(id),
-    });
+    const solver = await sourceMapSolver(async (map) => ({ ...(await map()), workMs: 200 }));
     const src = run('RUN source', 'echo s > s');
     const ch = new ProgressChannel();
     const t0 = Date.now();
